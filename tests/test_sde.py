@@ -1,0 +1,141 @@
+"""The Flow-GRPO SDE step: reduces to Euler, its log-prob is the Gaussian density, fp32, both variants."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.grpo import kl_gaussian
+from harness.sde import euler_step, gaussian_log_prob, predicted_x0, sde_step_with_logprob, step_std
+
+
+def _inputs(dtype=torch.float32, b=3):
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(b, 16, 8, generator=g).to(dtype)
+    x = torch.randn(b, 16, 8, generator=g).to(dtype)
+    return v, x
+
+
+@pytest.mark.parametrize("sde_type", ["sde", "cps"])
+def test_noise_level_to_zero_is_the_euler_step(sde_type):
+    v, x = _inputs()
+    euler = euler_step(v, x, 0.6, 0.45)
+    exact = sde_step_with_logprob(v, x, 0.6, 0.45, noise_level=0.0, sde_type=sde_type)
+    torch.testing.assert_close(exact.prev_sample, euler, rtol=0, atol=1e-6)
+    assert torch.isnan(exact.log_prob).all()  # a deterministic step has no density
+    near = sde_step_with_logprob(
+        v, x, 0.6, 0.45, noise_level=1e-4, sde_type=sde_type, noise=torch.randn_like(x)
+    )
+    assert (near.prev_sample - euler).abs().max() < 1e-3
+
+
+def test_sde_mean_and_std_match_the_written_formula():
+    v, x = _inputs()
+    sigma, sigma_next, a = 0.8, 0.7, 0.7
+    dt = sigma_next - sigma
+    std_t = a * math.sqrt(sigma / (1 - sigma))
+    mean = x * (1 + std_t**2 * dt / (2 * sigma)) + v * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    eps = torch.randn_like(x)
+    out = sde_step_with_logprob(v, x, sigma, sigma_next, noise_level=a, noise=eps)
+    torch.testing.assert_close(out.mean, mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.std.flatten(), torch.full((3,), std_t * math.sqrt(-dt)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.prev_sample, mean + std_t * math.sqrt(-dt) * eps, rtol=1e-6, atol=1e-6)
+
+
+def test_sigma_one_uses_the_next_sigma_in_the_denominator():
+    v, x = _inputs()
+    out = sde_step_with_logprob(v, x, 1.0, 0.9, noise_level=0.7, noise=torch.zeros_like(x))
+    std_t = 0.7 * math.sqrt(1.0 / (1 - 0.9))
+    assert torch.isfinite(out.mean).all() and torch.isfinite(out.log_prob).all()
+    torch.testing.assert_close(out.std.flatten(), torch.full((3,), std_t * math.sqrt(0.1)), rtol=1e-6, atol=0)
+    other = sde_step_with_logprob(v, x, 1.0, 0.9, noise_level=0.7, noise=torch.zeros_like(x), sigma_max=0.95)
+    assert not torch.allclose(other.std, out.std)
+
+
+@pytest.mark.parametrize("sde_type", ["sde", "cps"])
+def test_log_prob_is_the_gaussian_density_averaged_over_elements(sde_type):
+    v, x = _inputs()
+    out = sde_step_with_logprob(
+        v, x, 0.5, 0.3, noise_level=0.9, sde_type=sde_type, generator=torch.Generator()
+    )
+    for i in range(3):
+        normal = torch.distributions.Normal(out.mean[i].double(), out.std[i].double())
+        expected = normal.log_prob(out.prev_sample[i].double()).mean()
+        assert abs(float(out.log_prob[i]) - float(expected)) < 1e-5
+    # recomputing the log-prob of a given x' gives the recorded value (ratio 1) ...
+    again = sde_step_with_logprob(
+        v, x, 0.5, 0.3, noise_level=0.9, sde_type=sde_type, prev_sample=out.prev_sample
+    )
+    torch.testing.assert_close(again.log_prob, out.log_prob, rtol=0, atol=0)
+    # ... and a different velocity moves the mean and lowers the density of the drawn x'
+    moved = sde_step_with_logprob(
+        v + 0.5, x, 0.5, 0.3, noise_level=0.9, sde_type=sde_type, prev_sample=out.prev_sample
+    )
+    assert (moved.log_prob < out.log_prob).all()
+
+
+def test_cps_std_and_mean():
+    v, x = _inputs()
+    s, s_next, a = 0.6, 0.4, 0.5
+    std = s_next * math.sin(a * math.pi / 2)
+    x0, eps_hat = x - s * v, x + (1 - s) * v
+    out = sde_step_with_logprob(v, x, s, s_next, noise_level=a, sde_type="cps", noise=torch.zeros_like(x))
+    torch.testing.assert_close(out.mean, x0 * (1 - s_next) + eps_hat * math.sqrt(s_next**2 - std**2))
+    torch.testing.assert_close(out.std.flatten(), torch.full((3,), std))
+
+
+def test_math_is_fp32_for_bf16_inputs_and_matches_fp32():
+    v, x = _inputs(torch.bfloat16)
+    eps = torch.randn(x.shape)
+    low = sde_step_with_logprob(v, x, 0.99, 0.98, noise_level=0.7, noise=eps)
+    ref = sde_step_with_logprob(v.float(), x.float(), 0.99, 0.98, noise_level=0.7, noise=eps)
+    assert low.prev_sample.dtype == torch.float32 and low.log_prob.dtype == torch.float32
+    torch.testing.assert_close(low.log_prob, ref.log_prob, rtol=0, atol=0)
+
+
+def test_per_sample_sigmas_and_generators_are_row_independent():
+    v, x = _inputs()
+    sig, nxt = torch.tensor([0.9, 0.5, 0.2]), torch.tensor([0.8, 0.4, 0.0])
+    gens = [torch.Generator().manual_seed(k) for k in (1, 2, 3)]
+    batch = sde_step_with_logprob(v, x, sig, nxt, generator=gens)
+    for i in range(3):
+        alone = sde_step_with_logprob(
+            v[i : i + 1],
+            x[i : i + 1],
+            float(sig[i]),
+            float(nxt[i]),
+            generator=[torch.Generator().manual_seed(i + 1)],
+        )
+        torch.testing.assert_close(alone.prev_sample[0], batch.prev_sample[i], rtol=0, atol=1e-6)
+        torch.testing.assert_close(alone.log_prob[0], batch.log_prob[i], rtol=0, atol=1e-6)
+
+
+def test_bad_arguments_are_rejected():
+    v, x = _inputs()
+    with pytest.raises(ValueError, match="sigma_next"):
+        sde_step_with_logprob(v, x, 0.3, 0.5)
+    with pytest.raises(ValueError, match="sde_type"):
+        sde_step_with_logprob(v, x, 0.5, 0.3, sde_type="ddim")
+    with pytest.raises(ValueError, match="noise_level"):
+        sde_step_with_logprob(v, x, 0.5, 0.3, noise_level=-1)
+
+
+def test_closed_form_kl_between_two_steps():
+    v, x = _inputs()
+    a = sde_step_with_logprob(v, x, 0.5, 0.3, noise=torch.zeros_like(x))
+    b = sde_step_with_logprob(v * 0.9, x, 0.5, 0.3, noise=torch.zeros_like(x))
+    std = step_std(0.5, 0.3, 0.7, x)
+    kl = kl_gaussian(a.mean, b.mean, std)
+    hand = ((a.mean - b.mean) ** 2).reshape(3, -1).mean(1) / (2 * float(std.flatten()[0]) ** 2)
+    torch.testing.assert_close(kl, hand)
+    assert (kl > 0).all() and (kl_gaussian(a.mean, a.mean, std) == 0).all()
+
+
+def test_predicted_x0_inverts_the_interpolation():
+    x0, eps = torch.randn(2, 4, 4), torch.randn(2, 4, 4)
+    sigma = 0.3
+    x = (1 - sigma) * x0 + sigma * eps
+    torch.testing.assert_close(predicted_x0(eps - x0, x, sigma), x0, rtol=1e-5, atol=1e-5)
+    assert torch.isnan(gaussian_log_prob(x, x, torch.zeros(2, 1, 1))).all()
