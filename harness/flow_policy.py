@@ -1,0 +1,561 @@
+"""A FLUX.1-dev / FLUX.1-Kontext transformer as a Gaussian policy over denoising steps (Flow-GRPO).
+
+The diffusers pipeline supplies the frozen parts (text encoders, VAE, scheduler config, latent packing); the
+sampling loop is ours, because it must record every step's latents and log-prob and let the trainer
+recompute exactly the same step later. One function, ``velocity``, is the only place the transformer is
+called, so sampling and the train-time recompute see the same inputs in the same dtype: the first inner
+step's ratio is 1.
+
+- Guidance-distilled models (``transformer.config.guidance_embeds``): the guidance value goes in as an
+  embedding, one forward per step. Other models: classifier-free guidance with the negative prompt, the two
+  branches in one batched forward.
+- Kontext: the source image's VAE latents are appended as extra tokens (image ids with first coordinate 1);
+  the velocity is read from the target tokens only.
+- LoRA via diffusers' PEFT integration; the reference policy is the same transformer with the adapter
+  disabled (``adapter_disabled``), so no second copy is held.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from evalsuite.errors import ConfigError
+from evalsuite.images import to_rgb
+from evalsuite.reward import resolve_dtype
+from harness.flow_config import FlowLoraSettings, FlowPolicyConfig
+from harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class Conditioning:
+    """Everything the transformer needs besides latents and σ, batched by row (one row per image)."""
+
+    prompt_embeds: torch.Tensor  # (B, L, D)
+    pooled: torch.Tensor  # (B, P)
+    text_ids: torch.Tensor  # (L, 3)
+    img_ids: torch.Tensor  # (S [+ S_src], 3)
+    guidance: torch.Tensor | None = None  # (B,) guidance embedding value, distilled models only
+    negative_embeds: torch.Tensor | None = None  # CFG branch, non-distilled models only
+    negative_pooled: torch.Tensor | None = None
+    cfg_scale: float = 1.0
+    source_latents: torch.Tensor | None = None  # (B, S_src, C) packed Kontext source tokens
+
+    def rows(self, index: torch.Tensor | slice | list[int]) -> Conditioning:
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return replace(
+            self,
+            prompt_embeds=self.prompt_embeds[index],
+            pooled=self.pooled[index],
+            guidance=pick(self.guidance),
+            negative_embeds=pick(self.negative_embeds),
+            negative_pooled=pick(self.negative_pooled),
+            source_latents=pick(self.source_latents),
+        )
+
+
+@dataclass
+class Trajectory:
+    """One batch of rollouts. ``latents[:, j]`` is the input of step j, ``latents[:, j + 1]`` its output
+    (fp32, packed); ``log_probs[:, j]`` is NaN on ODE steps. ``sigmas`` has num_steps + 1 entries."""
+
+    latents: torch.Tensor  # (B, N + 1, S, C) float32
+    log_probs: torch.Tensor  # (B, N) float32
+    sigmas: torch.Tensor  # (N + 1,) float32
+    sde_steps: list[int]
+    cond: Conditioning
+    height: int
+    width: int
+    noise_level: float
+    sde_type: str
+    images: list[Image.Image] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)  # PromptLoop: what was refined when
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[1]) if len(self.sigmas) > 1 else 0.0
+
+
+@dataclass
+class RefineRequest:
+    """What a mid-trajectory hook (PromptLoop) sees at step ``step``: the decoded x̂0 previews."""
+
+    step: int
+    sigma: float
+    previews: list[Image.Image]
+    rows: list[int]  # the batch rows (trajectory indexes) the previews belong to
+
+
+RefineHook = Callable[[RefineRequest], "list[str] | None"]
+
+
+class FlowPolicy:
+    """Sampling with per-step log-probs and their exact recompute for one FLUX-family pipeline."""
+
+    def __init__(self, pipeline: Any, config: FlowPolicyConfig, model_id: str | None = None) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.model_id = model_id or config.model
+        self.transformer = pipeline.transformer
+        self.is_edit = "Kontext" in type(pipeline).__name__
+        self.distilled = bool(getattr(self.transformer.config, "guidance_embeds", False))
+        if config.sde_type not in ("sde", "cps"):
+            raise ConfigError(f"flow.sde_type must be 'sde' or 'cps', got {config.sde_type!r}")
+
+    # ------------------------------------------------------------------------------------ building
+
+    @classmethod
+    def from_pretrained(
+        cls, config: FlowPolicyConfig, device: str | torch.device = "cpu", *, lora: bool = True, seed: int = 0
+    ) -> FlowPolicy:
+        """Load the pipeline by hub id or folder, freeze everything, add the trainable LoRA."""
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(
+            config.model, torch_dtype=resolve_dtype(config.dtype), revision=config.revision
+        )
+        if not hasattr(pipe, "transformer") or not hasattr(pipe, "vae"):
+            raise ConfigError(f"{config.model}: {type(pipe).__name__} is not a FLUX-family pipeline")
+        pipe.to(torch.device(device))
+        pipe.set_progress_bar_config(disable=True)
+        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
+            module.requires_grad_(False)
+            module.eval()
+        policy = cls(pipe, config)
+        if lora:
+            policy.add_lora(config.lora, seed=seed)
+        if config.gradient_checkpointing:
+            policy.transformer.enable_gradient_checkpointing()
+        return policy
+
+    def add_lora(self, lora: FlowLoraSettings, *, seed: int = 0) -> None:
+        from peft import LoraConfig
+
+        names = {n for n, _ in self.transformer.named_modules()}
+        targets = [t for t in lora.target_modules if any(n == t or n.endswith("." + t) for n in names)]
+        if not targets:
+            raise ConfigError(f"flow.lora.target_modules {lora.target_modules} match no transformer module")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.transformer.add_adapter(
+                LoraConfig(
+                    r=lora.r, lora_alpha=lora.alpha, init_lora_weights="gaussian", target_modules=targets
+                )
+            )
+        for name, p in self.transformer.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.float()  # fp32 master weights for the adapter, whatever the base dtype
+                p.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.transformer.dtype
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "model": self.model_id,
+            "revision": c.revision,
+            "pipeline": type(self.pipeline).__name__,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "guidance": "embedding" if self.distilled else "cfg",
+            "guidance_scale": c.guidance_scale,
+            "num_steps": c.num_steps,
+            "eval_num_steps": c.eval_num_steps,
+            "noise_level": c.noise_level,
+            "sde_type": c.sde_type,
+            "height": c.height,
+            "width": c.width,
+            "lora": {"r": c.lora.r, "alpha": c.lora.alpha, "target_modules": list(c.lora.target_modules)},
+        }
+
+    # ---------------------------------------------------------------------------------- conditioning
+
+    @torch.no_grad()
+    def encode(
+        self, prompts: Sequence[str], sources: Sequence[Image.Image] | None = None
+    ) -> tuple[Conditioning, int, int]:
+        """Text (and Kontext source) conditioning for a batch; returns (cond, height, width)."""
+        pipe, c = self.pipeline, self.config
+        if self.is_edit and sources is None:
+            raise ConfigError(f"{self.model_id} is an editing model: every prompt needs a source image")
+        if sources is not None and not self.is_edit:
+            raise ConfigError(f"{self.model_id} is not an editing model; source images are not accepted")
+        embeds, pooled = self._encode_text(list(prompts))
+        height, width = self.output_size(sources[0] if sources else None)
+        packed_ids = pipe._prepare_latent_image_ids(
+            len(prompts),
+            height // (pipe.vae_scale_factor * 2),
+            width // (pipe.vae_scale_factor * 2),
+            self.device,
+            self.dtype,
+        )
+        img_ids = packed_ids
+        source_latents = None
+        if sources is not None:
+            source_latents, source_ids = self._encode_sources(sources, height, width)
+            img_ids = torch.cat([packed_ids, source_ids], dim=0)
+        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+        cond = Conditioning(embeds, pooled, text_ids, img_ids, source_latents=source_latents)
+        if self.distilled:
+            cond.guidance = torch.full(
+                (len(prompts),), c.guidance_scale, device=self.device, dtype=torch.float32
+            )
+        elif c.guidance_scale > 1.0:
+            neg, neg_pooled = self._encode_text([c.negative_prompt] * len(prompts))
+            cond.negative_embeds, cond.negative_pooled, cond.cfg_scale = neg, neg_pooled, c.guidance_scale
+        return cond, height, width
+
+    @torch.no_grad()
+    def with_prompts(self, cond: Conditioning, prompts: Sequence[str]) -> Conditioning:
+        """``cond`` with its text replaced by ``prompts`` (source image, guidance and ids kept)."""
+        if len(prompts) != cond.prompt_embeds.shape[0]:
+            raise ConfigError(f"{len(prompts)} prompts for {cond.prompt_embeds.shape[0]} rows")
+        embeds, pooled = self._encode_text(list(prompts))
+        return replace(cond, prompt_embeds=embeds, pooled=pooled)
+
+    def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, pooled, _ = self.pipeline.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            device=self.device,
+            num_images_per_prompt=1,
+            max_sequence_length=self.config.max_sequence_length,
+        )
+        return embeds, pooled
+
+    def output_size(self, source: Image.Image | None = None) -> tuple[int, int]:
+        """(height, width), multiples of 16. Editing without a configured size keeps the source's size,
+        scaled down (never up) to ``max_area`` — Kontext's own auto-resize would go to ~1 MP."""
+        mult = self.pipeline.vae_scale_factor * 2
+        c = self.config
+        if c.height is not None and c.width is not None:
+            h, w = c.height, c.width
+        elif source is not None:
+            w, h = source.size
+            scale = min(1.0, math.sqrt(c.max_area / float(w * h)))
+            h, w = int(h * scale), int(w * scale)
+        else:
+            raise ConfigError("flow.height/width are null and there is no source image to take them from")
+        h, w = h // mult * mult, w // mult * mult
+        if h < mult or w < mult:
+            raise ConfigError(f"output size {h}x{w} is too small (need multiples of {mult})")
+        return h, w
+
+    def _encode_sources(
+        self, sources: Sequence[Image.Image], height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pipe = self.pipeline
+        rgb = [to_rgb(s, f"source image {i}") for i, s in enumerate(sources)]
+        pixels = pipe.image_processor.preprocess(
+            pipe.image_processor.resize(rgb, height, width), height, width
+        )
+        pixels = pixels.to(device=self.device, dtype=self.dtype)
+        latents = pipe._encode_vae_image(image=pixels, generator=None)  # the mode: deterministic
+        b, ch, lh, lw = latents.shape
+        packed = pipe._pack_latents(latents, b, ch, lh, lw)
+        ids = pipe._prepare_latent_image_ids(b, lh // 2, lw // 2, self.device, self.dtype)
+        ids[..., 0] = 1
+        return packed, ids
+
+    # ------------------------------------------------------------------------------------- schedule
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        """FLUX's shifted schedule (resolution-dependent mu), num_steps + 1 values ending at 0."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        pipe = self.pipeline
+        seq_len = (height // (pipe.vae_scale_factor * 2)) * (width // (pipe.vae_scale_factor * 2))
+        cfg = pipe.scheduler.config
+        mu = calculate_shift(
+            seq_len,
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(sigmas=list(np.linspace(1.0, 1 / num_steps, num_steps)), mu=mu, device="cpu")
+        return scheduler.sigmas.float().cpu()
+
+    # ---------------------------------------------------------------------------------- the forward
+
+    def velocity(
+        self, model: Any, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        """v(x, σ) for a batch, in the model's dtype. σ: (B,). The one place the transformer runs."""
+        dtype = self.dtype
+        n = latents.shape[1]
+        hidden = latents.to(dtype)
+        if cond.source_latents is not None:
+            hidden = torch.cat([hidden, cond.source_latents.to(dtype)], dim=1)
+        # As the pipelines do: timestep = (σ·1000 in the model dtype) / 1000.
+        timestep = (sigma.to(self.device) * 1000).to(dtype) / 1000
+        embeds, pooled = cond.prompt_embeds, cond.pooled
+        cfg = cond.negative_embeds is not None
+        if cfg:
+            hidden = torch.cat([hidden, hidden])
+            timestep = torch.cat([timestep, timestep])
+            embeds = torch.cat([embeds, cond.negative_embeds])
+            pooled = torch.cat([pooled, cond.negative_pooled])
+        out = model(
+            hidden_states=hidden,
+            timestep=timestep,
+            guidance=cond.guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=cond.text_ids,
+            img_ids=cond.img_ids,
+            return_dict=False,
+        )[0][:, :n]
+        if cfg:
+            pos, neg = out.chunk(2)
+            out = neg + cond.cfg_scale * (pos - neg)
+        return out
+
+    # ------------------------------------------------------------------------------------- sampling
+
+    def initial_noise(self, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
+        """Packed fp32 noise; row i depends only on seeds[i] (drawn like FluxPipeline with that seed)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe = self.pipeline
+        channels = self.transformer.config.in_channels // 4
+        lh, lw = 2 * (height // (pipe.vae_scale_factor * 2)), 2 * (width // (pipe.vae_scale_factor * 2))
+        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        noise = randn_tensor(
+            (len(seeds), channels, lh, lw), generator=gens, device=self.device, dtype=self.dtype
+        )
+        return pipe._pack_latents(noise, len(seeds), channels, lh, lw).float()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Conditioning,
+        seeds: Sequence[int],
+        noise_seeds: Sequence[int] | None = None,
+        *,
+        height: int,
+        width: int,
+        num_steps: int | None = None,
+        sde_steps: Sequence[int] | None = None,
+        noise_level: float | None = None,
+        batch_size: int | None = None,
+        refine: RefineHook | None = None,
+        refine_steps: Sequence[int] = (),
+        decode: bool = True,
+        model: Any = None,
+    ) -> Trajectory:
+        """Roll out a batch: ``seeds`` fix the initial noise, ``noise_seeds`` the SDE noise of each row.
+
+        ``sde_steps``: steps drawn from the SDE (with a log-prob); all others are Euler steps. Default: all.
+        ``refine`` is called after the velocity of each step in ``refine_steps`` with the decoded x̂0
+        previews, and may return new prompts (one per row) that condition the following steps (PromptLoop).
+        """
+        c = self.config
+        model = self.transformer if model is None else model
+        num_steps = num_steps or c.num_steps
+        noise_level = c.noise_level if noise_level is None else noise_level
+        sde = sorted(set(range(num_steps) if sde_steps is None else sde_steps))
+        if sde and (sde[0] < 0 or sde[-1] >= num_steps):
+            raise ConfigError(f"sde_steps {sde} outside the {num_steps} steps")
+        sigmas = self.sigmas(num_steps, height, width)
+        if c.sde_type == "cps":
+            sde = [j for j in sde if float(sigmas[j + 1]) > 0]  # its last step is deterministic
+        noise_seeds = list(seeds) if noise_seeds is None else list(noise_seeds)
+        bs = batch_size or len(seeds)
+        parts = []
+        for start in range(0, len(seeds), bs):
+            rows = list(range(start, min(start + bs, len(seeds))))
+            parts.append(
+                self._sample_rows(
+                    model,
+                    cond.rows(rows),
+                    [seeds[i] for i in rows],
+                    [noise_seeds[i] for i in rows],
+                    sigmas,
+                    set(sde),
+                    noise_level,
+                    height,
+                    width,
+                    refine,
+                    set(refine_steps),
+                    start,
+                )
+            )
+        latents = torch.cat([p[0] for p in parts])
+        log_probs = torch.cat([p[1] for p in parts])
+        actions = [a for p in parts for a in p[2]]
+        traj = Trajectory(latents, log_probs, sigmas, sde, cond, height, width, noise_level, c.sde_type)
+        traj.actions = actions
+        if decode:
+            traj.images = self.decode(latents[:, -1], height, width)
+        return traj
+
+    def _sample_rows(
+        self,
+        model,
+        cond,
+        seeds,
+        noise_seeds,
+        sigmas,
+        sde,
+        noise_level,
+        height,
+        width,
+        refine,
+        refine_steps,
+        offset,
+    ):
+        x = self.initial_noise(seeds, height, width)
+        gens = [torch.Generator(device=self.device).manual_seed(int(s) + 1) for s in noise_seeds]
+        steps = [x]
+        log_probs = torch.full((len(seeds), len(sigmas) - 1), math.nan)
+        actions: list[dict[str, Any]] = []
+        sigma_max = float(sigmas[1]) if len(sigmas) > 1 else 0.0
+        for j in range(len(sigmas) - 1):
+            s, s_next = float(sigmas[j]), float(sigmas[j + 1])
+            v = self.velocity(model, x, torch.full((len(seeds),), s), cond)
+            if refine is not None and j in refine_steps:
+                previews = self.decode(predicted_x0(v, x, s), height, width)
+                rows = list(range(offset, offset + len(seeds)))
+                prompts = refine(RefineRequest(step=j, sigma=s, previews=previews, rows=rows))
+                if prompts is not None:
+                    cond = self.with_prompts(cond, prompts)
+                    actions.append({"step": j, "rows": rows, "prompts": list(prompts)})
+            out: SDEStep = sde_step_with_logprob(
+                v,
+                x,
+                s,
+                s_next,
+                noise_level=noise_level if j in sde else 0.0,
+                sde_type=self.config.sde_type,  # type: ignore[arg-type]
+                generator=gens,
+                sigma_max=sigma_max,
+            )
+            if j in sde:
+                log_probs[:, j] = out.log_prob.cpu()
+            x = out.prev_sample
+            steps.append(x)
+        return torch.stack(steps, dim=1), log_probs, actions
+
+    def step_log_prob(
+        self,
+        model: Any,
+        traj: Trajectory,
+        rows: torch.Tensor,
+        steps: torch.Tensor,
+        cond: Conditioning | None = None,
+    ) -> SDEStep:
+        """Recompute log p(x_{j+1} | x_j) for pairs (rows[k], steps[k]) of a trajectory (grad if enabled)."""
+        device = self.device
+        rows, steps = rows.long().cpu(), steps.long().cpu()
+        x = traj.latents[rows, steps].to(device)
+        x_next = traj.latents[rows, steps + 1].to(device)
+        sigma, sigma_next = traj.sigmas[steps], traj.sigmas[steps + 1]
+        cond = (traj.cond if cond is None else cond).rows(rows.to(traj.cond.prompt_embeds.device))
+        v = self.velocity(model, x, sigma, cond)
+        return sde_step_with_logprob(
+            v,
+            x,
+            sigma.to(device),
+            sigma_next.to(device),
+            noise_level=traj.noise_level,
+            sde_type=traj.sde_type,  # type: ignore[arg-type]
+            prev_sample=x_next,
+            sigma_max=traj.sigma_max,
+        )
+
+    # ------------------------------------------------------------------------------------- decoding
+
+    @torch.no_grad()
+    def decode(
+        self, latents: torch.Tensor, height: int, width: int, batch_size: int = 8
+    ) -> list[Image.Image]:
+        pipe = self.pipeline
+        images: list[Image.Image] = []
+        for start in range(0, latents.shape[0], batch_size):
+            part = latents[start : start + batch_size].to(self.device, pipe.vae.dtype)
+            unpacked = pipe._unpack_latents(part, height, width, pipe.vae_scale_factor)
+            unpacked = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+            pixels = pipe.vae.decode(unpacked, return_dict=False)[0]
+            images.extend(pipe.image_processor.postprocess(pixels, output_type="pil"))
+        return images
+
+    # ------------------------------------------------------------------------------------------ LoRA
+
+    @contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        """The reference policy: the base transformer (LoRA off), restored afterwards even on error."""
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {
+            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.transformer).items()
+        }
+
+    def save_lora(self, folder: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """diffusers LoRA format: loaded by ``pipe.load_lora_weights`` and ``evalsuite run --lora``."""
+        type(self.pipeline).save_lora_weights(
+            folder, transformer_lora_layers=state_dict or self.lora_state_dict(), safe_serialization=True
+        )
+
+    def load_lora(self, folder: str) -> None:
+        """Restore adapter weights written by ``save_lora`` into the existing adapter (resume)."""
+        from pathlib import Path
+
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(folder) / LORA_WEIGHTS))
+        weights = {k.removeprefix("transformer."): v for k, v in weights.items()}
+        result = set_peft_model_state_dict(self.transformer, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise ConfigError(f"{folder}: LoRA does not match flow.lora ({result.unexpected_keys[:3]}…)")
+
+
+def choose_sde_steps(config: FlowPolicyConfig, rng: np.random.Generator) -> list[int]:
+    """The step's SDE window (Flow-GRPO "Fast"): ``sde_window_size`` consecutive steps from a start drawn
+    in ``sde_window_range``; every step when no window is configured."""
+    n = config.num_steps
+    if config.sde_window_size is None:
+        return list(range(n))
+    lo, hi = config.sde_window_range or [0, n - config.sde_window_size]
+    start = int(rng.integers(lo, hi + 1))
+    return list(range(start, start + config.sde_window_size))
+
+
+def choose_train_steps(
+    sde_steps: Sequence[int], n_rows: int, fraction: float, rng: np.random.Generator
+) -> list[list[int]]:
+    """Per row, the SDE steps that enter the loss: a random ``fraction`` of them (at least one)."""
+    k = max(1, round(len(sde_steps) * fraction))
+    return [sorted(rng.permutation(list(sde_steps))[:k].tolist()) for _ in range(n_rows)]
