@@ -17,8 +17,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.kind:
         entries = [e for e in entries if e.kind == args.kind]
     rows = [
-        {"kind": e.kind[:-1], "name": e.name, "source": e.source, "target": e.target_name,
-         "status": "ok" if e.error is None else f"broken: {e.error}"}
+        {
+            "kind": e.kind[:-1],
+            "name": e.name,
+            "source": e.source,
+            "target": e.target_name,
+            "status": "ok" if e.error is None else f"broken: {e.error}",
+        }
         for e in entries
     ]
     if args.json:
@@ -60,12 +65,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from evalsuite.runner import parse_options, run
 
     result = run(
-        args.bench, args.model, output_dir=args.output_dir, lora=args.lora, revision=args.revision,
-        images_per_prompt=args.images_per_prompt, limit=args.limit, height=args.height, width=args.width,
-        rewriter=args.rewriter, steps=args.steps, guidance=args.guidance,
-        negative_prompt=args.negative_prompt, seed=args.seed,
-        batch_size=args.batch_size, score_batch_size=args.score_batch_size, data_dir=args.data_dir,
-        device=args.device, dtype=args.dtype, options=parse_options(args.option),
+        args.bench,
+        args.model,
+        output_dir=args.output_dir,
+        lora=args.lora,
+        revision=args.revision,
+        images_per_prompt=args.images_per_prompt,
+        limit=args.limit,
+        height=args.height,
+        width=args.width,
+        rewriter=args.rewriter,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        score_batch_size=args.score_batch_size,
+        data_dir=args.data_dir,
+        device=args.device,
+        dtype=args.dtype,
+        options=parse_options(args.option),
         leaderboard=None if args.no_leaderboard else args.leaderboard,
     )
     if result is not None:
@@ -81,11 +100,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from evalsuite.scoring import mean_score, read_items, score_items
     from evalsuite.store import JsonlLog
 
-    kwargs = {"device": args.device or default_device(), "dtype": args.dtype or "float32",
-              **parse_options(args.option)}
+    kwargs = {
+        "device": args.device or default_device(),
+        "dtype": args.dtype or "float32",
+        **parse_options(args.option),
+    }
     name = args.reward
-    reward = get_reward("multi", weights=name, **kwargs) if ("," in name or ":" in name) else get_reward(
-        name, **kwargs)
+    reward = (
+        get_reward("multi", weights=name, **kwargs)
+        if ("," in name or ":" in name)
+        else get_reward(name, **kwargs)
+    )
     items = read_items(args.input)
     rows = score_items(reward, items, batch_size=args.batch_size)
     if args.output:
@@ -94,8 +119,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
         JsonlLog(out).append(rows)
     bad = sum(1 for r in rows if r["error"])
     na = sum(1 for r in rows if not r["applicable"] and not r["error"])
-    print(f"{reward.name}: mean {mean_score(rows):.6f} over {len(rows) - bad - na} images "
-          f"({na} not applicable, {bad} errors)")
+    print(
+        f"{reward.name}: mean {mean_score(rows):.6f} over {len(rows) - bad - na} images "
+        f"({na} not applicable, {bad} errors)"
+    )
     for r in rows:
         if r["error"]:
             print(f"  error: {r['error']}", file=sys.stderr)
@@ -105,10 +132,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from evalsuite.server import serve
 
-    common = {k: v for k, v in {"device": args.device, "dtype": args.dtype,
-                                "batch_size": args.batch_size}.items() if v is not None}
-    return serve(args.reward, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                 max_body_bytes=args.max_body_bytes, reward_kwargs=args.reward_kwargs, common_kwargs=common)
+    common = {
+        k: v
+        for k, v in {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size}.items()
+        if v is not None
+    }
+    return serve(
+        args.reward,
+        args.host,
+        args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        reward_kwargs=args.reward_kwargs,
+        common_kwargs=common,
+    )
 
 
 def _cmd_regress(args: argparse.Namespace) -> int:
@@ -141,8 +179,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     if (args.judge is None) == (args.reward is None):
-        print("evalsuite compare: give exactly one of --judge (DenseAlignBench) or --reward",
-              file=sys.stderr)
+        print("evalsuite compare: give exactly one of --judge (DenseAlignBench) or --reward", file=sys.stderr)
         return 2
     if args.reward:
         from evalsuite.registry import get_reward
@@ -150,15 +187,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         from evalsuite.scoring import compare_with_reward
         from evalsuite.store import atomic_write_json
 
-        reward = get_reward(args.reward, device=args.device or default_device(),
-                            dtype=args.dtype or "float32", **parse_options(args.option))
+        reward = get_reward(
+            args.reward,
+            device=args.device or default_device(),
+            dtype=args.dtype or "float32",
+            **parse_options(args.option),
+        )
         res = compare_with_reward(args.run_a, args.run_b, reward)
         if args.out:
             atomic_write_json(Path(args.out) / "results.json", res)
-        print(f"{args.reward}: A {res['mean_a']:.6f} vs B {res['mean_b']:.6f} "
-              f"(diff {res['mean_diff']:+.6f}); A wins {100 * res['win']:.1f}% / "
-              f"loses {100 * res['loss']:.1f}% / ties {100 * res['tie']:.1f}% of {res['compared']} pairs "
-              f"({res['skipped']} not comparable)")
+        print(
+            f"{args.reward}: A {res['mean_a']:.6f} vs B {res['mean_b']:.6f} "
+            f"(diff {res['mean_diff']:+.6f}); A wins {100 * res['win']:.1f}% / "
+            f"loses {100 * res['loss']:.1f}% / ties {100 * res['tie']:.1f}% of {res['compared']} pairs "
+            f"({res['skipped']} not comparable)"
+        )
         return 0
     from benchmarks.densealign import compare_runs
     from benchmarks.judges import make_judge
@@ -170,14 +213,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     judge = make_judge(args.judge, model=args.model, **{k: v for k, v in opts.items() if v is not None})
     a, b = Path(args.run_a), Path(args.run_b)
     out = args.out or str(a.with_name(f"compare-{a.name}-vs-{b.name}"))
-    res = compare_runs(args.run_a, args.run_b, judge, out, seed=args.seed, workers=args.workers,
-                       limit=args.limit, ci=args.ci)
+    res = compare_runs(
+        args.run_a, args.run_b, judge, out, seed=args.seed, workers=args.workers, limit=args.limit, ci=args.ci
+    )
     print(res.markdown)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from harness.train import main as train_main
+    """Rewriter recipes run harness.train; flow recipes (a ``mode`` or ``flow`` key) harness.flow_train."""
+    import yaml
+
+    from harness.flow_config import is_flow_config
+
+    try:
+        data = yaml.safe_load(Path(args.config).read_text())
+    except (OSError, yaml.YAMLError):
+        data = None  # the trainer reports the problem with its own message
+    if is_flow_config(data):
+        from harness.flow_train import main as train_main
+    else:
+        from harness.train import main as train_main
 
     argv = ["--config", args.config, *[x for o in args.set or [] for x in ("--set", o)]]
     if args.out_dir:
@@ -189,14 +245,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(argv)
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     from evalsuite import __version__
 
     parser = argparse.ArgumentParser(
         prog="evalsuite",
         description="Rewards, benchmarks and GRPO training for text-to-image models. "
-                    "Start offline with `evalsuite demo ./demo`.")
+        "Start offline with `evalsuite demo ./demo`.",
+    )
     parser.add_argument("--version", action="version", version=f"evalsuite {__version__}")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -222,12 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="generate and score a benchmark (or score existing images)")
     p.add_argument("--bench", required=True, help="benchmark name (see `evalsuite list`)")
-    p.add_argument("--model", required=True,
-                   help="diffusers pipeline id or folder, or a folder of existing images (score only)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="diffusers pipeline id or folder, or a folder of existing images (score only)",
+    )
     p.add_argument("--lora", help="LoRA weights (folder or file) loaded into the pipeline")
-    p.add_argument("--rewriter",
-                   help="a trained prompt rewriter (evalsuite train output) or an instruct LM; images are "
-                        "rendered from its rewrites and scored against the original prompts")
+    p.add_argument(
+        "--rewriter",
+        help="a trained prompt rewriter (evalsuite train output) or an instruct LM; images are "
+        "rendered from its rewrites and scored against the original prompts",
+    )
     p.add_argument("--revision", help="hub revision of --model")
     p.add_argument("--images-per-prompt", type=int, help="default: the benchmark's official number")
     p.add_argument("--limit", type=int, help="only the first N prompts")
@@ -240,20 +301,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="generation batch size")
     p.add_argument("--score-batch-size", type=int, default=16)
     p.add_argument("--data-dir", help="local copies of the benchmark files (else EVALSUITE_DATA_DIR / cache)")
-    p.add_argument("--output-dir",
-                   help="run directory (default runs/<bench>-<model>-s<seed>); rerun to resume")
+    p.add_argument(
+        "--output-dir", help="run directory (default runs/<bench>-<model>-s<seed>); rerun to resume"
+    )
     p.add_argument("--device", help="default: cuda:<LOCAL_RANK> if available, else cpu")
     p.add_argument("--dtype", help="default: bfloat16 on GPU, float32 on CPU")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="benchmark option, repeatable (e.g. mode=strict, detector=mmdet)")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="benchmark option, repeatable (e.g. mode=strict, detector=mmdet)",
+    )
     p.add_argument("--leaderboard", default="leaderboards", help="leaderboard directory to add this run to")
     p.add_argument("--no-leaderboard", action="store_true")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("score", help="score images (a run directory or a JSONL listing) with a reward")
     p.add_argument("input", help="run directory (samples.jsonl) or JSONL of {image, prompt, metadata}")
-    p.add_argument("--reward", required=True,
-                   help="reward name, or NAME:WEIGHT,NAME:WEIGHT for a weighted sum")
+    p.add_argument(
+        "--reward", required=True, help="reward name, or NAME:WEIGHT,NAME:WEIGHT for a weighted sum"
+    )
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reward option, repeatable")
     p.add_argument("--output", help="write per-image scores to this JSONL file")
     p.add_argument("--batch-size", type=int, default=16)
@@ -263,15 +330,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve rewards over HTTP (loopback by default; PNG + JSON, no pickle)")
     p.add_argument("--reward", required=True, help="NAME[,NAME]")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="bind address; anything but loopback has no authentication")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address; anything but loopback has no authentication"
+    )
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--max-batch", type=int, default=64, help="most samples merged into one reward call")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to merge")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to merge"
+    )
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
-    p.add_argument("--reward-kwargs", type=json.loads,
-                   help='JSON per reward, e.g. {"multi": {"weights": "pickscore:1,ocr:0.5"}}')
+    p.add_argument(
+        "--reward-kwargs",
+        type=json.loads,
+        help='JSON per reward, e.g. {"multi": {"weights": "pickscore:1,ocr:0.5"}}',
+    )
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--batch-size", type=int)
@@ -297,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="judge model (API model name, or local Qwen2.5-VL id/folder)")
     p.add_argument("--reward", help="instead of a judge: score both runs with this reward and compare")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reward option (with --reward)")
-    p.add_argument("--out",
-                   help="output directory (judged pairs are stored as they complete; rerun to resume)")
+    p.add_argument(
+        "--out", help="output directory (judged pairs are stored as they complete; rerun to resume)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the A/B order swaps (recorded)")
     p.add_argument("--workers", type=int)
     p.add_argument("--limit", type=int)
@@ -326,10 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Third-party libraries stay at WARNING (open_clip and transformers are chatty at INFO).
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("evalsuite").setLevel(
-        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    )
     if args.quiet:
         from evalsuite.progress import set_enabled
 
