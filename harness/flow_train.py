@@ -49,7 +49,7 @@ from harness.config import RewardsConfig
 from harness.flow_config import FlowTrainConfig, load_flow_config, save_flow_config, validate_flow_config
 from harness.flow_policy import FlowPolicy, RefineRequest, Trajectory, choose_sde_steps, choose_train_steps
 from harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
-from harness.rewriter import ParsedCompletion
+from harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
 from harness.train import (
     CHECKPOINTS,
     LATEST,
@@ -455,16 +455,26 @@ def save_checkpoint(
 def _save_models(
     folder: Path, *, flow: FlowPolicy, lm: Any, lm_model: Any, accelerator: Any, ema: EMA | None
 ) -> None:
-    """flow_lora/ (diffusers LoRA format: ``evalsuite run --model BASE --lora DIR/flow_lora``) and, with an
-    LM, lm_adapter/ (PEFT adapter of the rewriter or refiner)."""
+    """flow_lora/ (diffusers LoRA format: ``evalsuite run --model BASE --lora DIR/flow_lora``); PromptRL's
+    rewriter/ (``evalsuite run --rewriter DIR/rewriter``); PromptLoop's refiner adapter lm_adapter/."""
     if flow.trainable_parameters():
         ctx = ema.swapped() if ema is not None else nullcontext()
         with ctx:
             flow.save_lora(str(folder / "flow_lora"))
-    if lm is not None:
-        accelerator.unwrap_model(lm_model).save_pretrained(
-            str(folder / "lm_adapter"), safe_serialization=True
-        )
+    if lm is None:
+        return
+    model = accelerator.unwrap_model(lm_model)
+    if isinstance(lm, RewriterPolicy):
+        save_rewriter(folder / "rewriter", lm, model)
+    else:
+        model.save_pretrained(str(folder / "lm_adapter"), safe_serialization=True)
+
+
+def _lm_weights_file(path: Path) -> Path:
+    for candidate in (path / "rewriter" / "adapter", path / "lm_adapter"):
+        if (candidate / "adapter_model.safetensors").is_file():
+            return candidate / "adapter_model.safetensors"
+    raise ConfigError(f"{path}: no LM adapter (rewriter/adapter or lm_adapter) in this checkpoint")
 
 
 def load_checkpoint(
@@ -484,7 +494,7 @@ def load_checkpoint(
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        weights = load_file(str(path / "lm_adapter" / "adapter_model.safetensors"))
+        weights = load_file(str(_lm_weights_file(path)))
         set_peft_model_state_dict(accelerator.unwrap_model(lm_model), weights)
     for key, opt in optimizers.items():
         opt.load_state_dict(torch.load(path / f"{key}.pt", weights_only=False))
@@ -861,6 +871,8 @@ def _log_images(
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     atomic_write_bytes(out_dir / "images" / f"step_{step:06d}.png", buf.getvalue())
+    if logger.tb is not None:
+        logger.tb.add_image("samples", np.asarray(grid), step, dataformats="HWC")
     logger.samples.append(
         [
             {

@@ -233,3 +233,24 @@ def test_lora_round_trip_in_diffusers_format(flux, tmp_path):
         for n, p in flux.transformer.named_parameters():
             if "lora_B" in n:
                 p.zero_()
+
+
+def test_gradient_checkpointing_gives_the_same_log_probs_and_gradients(tiny_dir):
+    plain = FlowPolicy.from_pretrained(_config(tiny_dir / "flux"), seed=3)
+    ckpt = FlowPolicy.from_pretrained(_config(tiny_dir / "flux", gradient_checkpointing=True), seed=3)
+    assert ckpt.transformer.is_gradient_checkpointing
+    grads = []
+    for policy in (plain, ckpt):
+        with torch.no_grad():
+            for n, p in policy.transformer.named_parameters():
+                if "lora_B" in n:
+                    p.fill_(0.01)
+        cond, h, w = policy.encode(["a cat"])
+        traj = policy.sample(cond, [1], height=h, width=w, decode=False)
+        policy.transformer.train()  # checkpointing is active in train mode only
+        out = policy.step_log_prob(policy.transformer, traj, torch.tensor([0, 0]), torch.tensor([0, 2]))
+        policy.transformer.eval()
+        torch.testing.assert_close(out.log_prob.detach(), traj.log_probs[[0, 0], [0, 2]], rtol=0, atol=1e-5)
+        out.log_prob.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

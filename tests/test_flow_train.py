@@ -204,7 +204,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_promptrl_updates_both_models_and_prompt_only_freezes_the_flow(tiny_dir, tmp_path):
-    from harness.rewriter import build_policy
+    from harness.rewriter import build_policy, load_rewriter
 
     config = make_config(
         tmp_path / "joint",
@@ -223,7 +223,7 @@ def test_promptrl_updates_both_models_and_prompt_only_freezes_the_flow(tiny_dir,
     assert "lm/policy_loss" in m and "flow/policy_loss" in m
     flow_lora = _weights(result.final_dir / "flow_lora" / "pytorch_lora_weights.safetensors")
     assert any(float(v.abs().max()) > 0 for k, v in flow_lora.items() if "lora_B" in k)  # the flow moved
-    lm_lora = _weights(result.final_dir / "lm_adapter" / "adapter_model.safetensors")
+    lm_lora = _weights(result.final_dir / "rewriter" / "adapter" / "adapter_model.safetensors")
     start = build_policy(config.policy, seed=flow_train.derive_seed(0, "lm_lora", 0)).model
     from peft import get_peft_model_state_dict
 
@@ -236,7 +236,10 @@ def test_promptrl_updates_both_models_and_prompt_only_freezes_the_flow(tiny_dir,
     only.promptrl = replace(config.promptrl, prompt_only=True)
     result = flow_train.train(only)
     assert result.metrics[-1]["sde_steps"] == 0 and "flow/policy_loss" not in result.metrics[-1]
-    assert not (result.final_dir / "flow_lora").exists() and (result.final_dir / "lm_adapter").is_dir()
+    assert not (result.final_dir / "flow_lora").exists()
+    rewriter = load_rewriter(result.final_dir / "rewriter")  # what `evalsuite run --rewriter` loads
+    assert rewriter.describe()["base_model"] == config.policy.model
+    assert len(rewriter.rewrite(["a cat", "a dog"])) == 2
 
 
 def test_promptloop_refines_mid_trajectory_and_trains_the_refiner(tiny_dir, tmp_path):
