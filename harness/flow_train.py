@@ -43,25 +43,22 @@ from PIL import Image
 from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.sample import Sample
 from evalsuite.seeding import derive_seed
-from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text
+from evalsuite.store import JsonlLog, atomic_write_json
 from harness import grpo
+from harness.checkpoint import (
+    CHECKPOINTS,
+    LATEST,
+    TRAINER_STATE,
+    latest_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
 from harness.config import RewardsConfig
 from harness.flow_config import FlowTrainConfig, load_flow_config, save_flow_config, validate_flow_config
 from harness.flow_policy import FlowPolicy, RefineRequest, Trajectory, choose_sde_steps, choose_train_steps
 from harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
 from harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
-from harness.train import (
-    CHECKPOINTS,
-    LATEST,
-    MetricsLog,
-    _Warmup,
-    latest_checkpoint,
-    load_prompts,
-    param_hash,
-    rng_state,
-    set_rng_state,
-    step_prompts,
-)
+from harness.train import MetricsLog, _Warmup, load_prompts, param_hash, step_prompts
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -421,35 +418,17 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int | None,
 ) -> Path:
-    """checkpoints/step_XXXXXX written in a temporary folder, renamed, then ``latest`` moved: a kill at any
-    moment leaves the previous checkpoint intact and named by ``latest``."""
-    root = out_dir / CHECKPOINTS
-    name = f"step_{step:06d}"
-    tmp, final = root / f".{name}.tmp", root / name
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
+    """Live adapters (not EMA), optimizers, EMA shadow and trainer state, atomically (harness.checkpoint)."""
+
+    def write(tmp: Path) -> None:
         _save_models(tmp, flow=flow, lm=lm, lm_model=lm_model, accelerator=accelerator, ema=None)
         for key, opt in optimizers.items():
             torch.save(opt.state_dict(), tmp / f"{key}.pt")
         if ema is not None:
             torch.save(ema.state_dict(), tmp / "ema.pt")
-        atomic_write_json(tmp / "trainer_state.json", {**state, "step": step})
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(root / LATEST, name + "\n")
-        if keep is not None:
-            done = sorted(p for p in root.glob("step_*") if p.is_dir())
-            for old in done[: max(len(done) - keep, 0)]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+        atomic_write_json(tmp / TRAINER_STATE, {**state, "step": step})
+
+    return write_checkpoint(out_dir, step, accelerator, write, keep)
 
 
 def _save_models(
@@ -500,10 +479,8 @@ def load_checkpoint(
         opt.load_state_dict(torch.load(path / f"{key}.pt", weights_only=False))
     if ema is not None and (path / "ema.pt").is_file():
         ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False))
-    rng_file = path / f"rng_rank{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / "trainer_state.json").read_text())
+    restore_rng(path, accelerator.process_index)
+    return json.loads((path / TRAINER_STATE).read_text())
 
 
 # ------------------------------------------------------------------------------------------------ train
