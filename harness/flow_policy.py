@@ -126,9 +126,12 @@ class FlowPolicy:
         """Load the pipeline by hub id or folder, freeze everything, add the trainable LoRA."""
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(
-            config.model, torch_dtype=resolve_dtype(config.dtype), revision=config.revision
-        )
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                config.model, torch_dtype=resolve_dtype(config.dtype), revision=config.revision
+            )
+        except OSError as e:  # not cached offline, gated, no such folder: say which model and why
+            raise ConfigError(f"cannot load flow.model {config.model!r}: {e}") from None
         if not hasattr(pipe, "transformer") or not hasattr(pipe, "vae"):
             raise ConfigError(f"{config.model}: {type(pipe).__name__} is not a FLUX-family pipeline")
         pipe.to(torch.device(device))
