@@ -1,7 +1,8 @@
 """Flow-GRPO training step vs its bare compute (goal <= 1.15x).
 
-The harness side is a whole ``harness.flow_train`` step: prompt encoding, SDE sampling with recorded log-probs,
-VAE decode, the reward, advantages, the clipped-surrogate update over every (image, SDE step) pair, logging.
+The harness side is a whole ``harness.flow_train`` step: prompt encoding, SDE sampling with recorded
+log-probs, VAE decode, the reward, advantages, the clipped-surrogate update over every (image, SDE step)
+pair, logging.
 The bare side is the transformer work that step cannot avoid, written without the harness: the same number of
 forwards for sampling (no grad, Euler) and forward+backward for training on the same batches, plus the
 optimizer step, on the same LoRA transformer and conditioning. beta = 0 on both sides (a KL adds one reference
@@ -37,8 +38,15 @@ def _write_medium_flux(folder: Path) -> Path:
     components = build_flux_components(0, "bench-flux")
     torch.manual_seed(0)
     components["transformer"] = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=32,
-        num_attention_heads=8, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+        patch_size=1,
+        in_channels=64,
+        num_layers=2,
+        num_single_layers=4,
+        attention_head_dim=32,
+        num_attention_heads=8,
+        joint_attention_dim=32,
+        pooled_projection_dim=16,
+        guidance_embeds=True,
         axes_dims_rope=(8, 12, 12),
     )
     FluxPipeline(**components).save_pretrained(folder, safe_serialization=True)
@@ -47,15 +55,29 @@ def _write_medium_flux(folder: Path) -> Path:
 
 def _config(model: Path, out_dir: Path) -> FlowTrainConfig:
     return FlowTrainConfig(
-        mode="flow", out_dir=str(out_dir), steps=STEPS, save_every=10_000, tensorboard=False, progress=False,
+        mode="flow",
+        out_dir=str(out_dir),
+        steps=STEPS,
+        save_every=10_000,
+        tensorboard=False,
+        progress=False,
         log_images_every=0,
         flow=FlowPolicyConfig(
-            model=str(model), dtype="float32", height=128, width=128, num_steps=NUM_STEPS, max_sequence_length=16,
-            sample_batch_size=G * PROMPTS, train_batch_size=TRAIN_BATCH, lora=FlowLoraSettings(r=16, alpha=16),
+            model=str(model),
+            dtype="float32",
+            height=128,
+            width=128,
+            num_steps=NUM_STEPS,
+            max_sequence_length=16,
+            sample_batch_size=G * PROMPTS,
+            train_batch_size=TRAIN_BATCH,
+            lora=FlowLoraSettings(r=16, alpha=16),
         ),
         rewards=RewardsConfig(components=[RewardSpec("brightness")], normalize="none"),
         data=DataConfig(prompts=["a cat", "a dog", "a red car", "a tree"]),
-        grpo=GRPOSettings(group_size=G, prompts_per_step=PROMPTS, beta=0.0, clip_eps=1e-4, micro_batch_size=8),
+        grpo=GRPOSettings(
+            group_size=G, prompts_per_step=PROMPTS, beta=0.0, clip_eps=1e-4, micro_batch_size=8
+        ),
         optim=OptimConfig(lr=1e-4),
     )
 
@@ -103,11 +125,24 @@ def test_bench_flow_training_step_vs_bare_compute(benchmark, tmp_path_factory) -
     ours, baseline = statistics.median(harness), statistics.median(bare)
     ratio = ours / baseline
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    params = sum(p.numel() for p in FlowPolicy.from_pretrained(config.flow, lora=False).transformer.parameters())
-    benchmark.extra_info.update({
-        "transformer_params": params, "images_per_step": G * PROMPTS, "sampling_steps": NUM_STEPS,
-        "trained_pairs": G * PROMPTS * NUM_STEPS, "train_batch": TRAIN_BATCH, "image_px": 128,
-        "harness_step_s": ours, "bare_step_s": baseline, "ratio": ratio, "goal": 1.15,
-    })
-    print(f"\nflow step: harness {ours:.3f} s, bare compute {baseline:.3f} s, ratio {ratio:.3f} (goal <= 1.15)")
+    params = sum(
+        p.numel() for p in FlowPolicy.from_pretrained(config.flow, lora=False).transformer.parameters()
+    )
+    benchmark.extra_info.update(
+        {
+            "transformer_params": params,
+            "images_per_step": G * PROMPTS,
+            "sampling_steps": NUM_STEPS,
+            "trained_pairs": G * PROMPTS * NUM_STEPS,
+            "train_batch": TRAIN_BATCH,
+            "image_px": 128,
+            "harness_step_s": ours,
+            "bare_step_s": baseline,
+            "ratio": ratio,
+            "goal": 1.15,
+        }
+    )
+    print(
+        f"\nflow step: harness {ours:.3f} s, bare compute {baseline:.3f} s, ratio {ratio:.3f} (goal <= 1.15)"
+    )
     assert math.isfinite(ratio)
