@@ -153,6 +153,11 @@ class GRPOSettings:
     per_prompt_tracker: bool = False  # Flow-GRPO's running per-prompt statistics instead of the group
     ratio_check: bool = True
     ratio_tol: float = 1e-5
+    # Where the rollout's (old) log-probs come from. "sampler": the sampler's own logits, no extra forward;
+    # the self-test then compares the KV-cache sampler with the train-time forward (we measured at most
+    # 1.5e-6 apart in float32, 2e-3 to 1.6e-2 in bfloat16). "recompute": one more forward after sampling
+    # with the train-time function (exactly equal, any dtype). "auto": sampler in float32, else recompute.
+    logprobs_from: str = "auto"
 
 
 @dataclass

@@ -6,15 +6,17 @@
 One step:
   1. take the step's prompts (a pure function of the step: resume needs no data-loader state); each rank
      takes a contiguous share, so every group of G completions lives on one rank;
-  2. sample G completions per prompt from the LoRA policy; record their log-probs (and the reference's:
-     the same model with the adapter off) with the exact forward the loss will use;
+  2. sample G completions per prompt from the LoRA policy, keeping each token's log-prob from the logits
+     it was drawn from (grpo.logprobs_from: or record them with the exact forward the loss will use),
+     and the reference's (the same model with the adapter off) when beta != 0;
   3. parse them (malformed → the original prompt), render the rendered prompts with the frozen generator
      (one batched call for all the rank's groups), score each image against the ORIGINAL prompt and its
      metadata, add the format and length rewards;
   4. gather the components from all ranks, normalize and combine them (harness.rewards), compute
      group-relative advantages (harness.grpo);
-  5. for each inner epoch and minibatch: recompute log-probs (first minibatch: the on-policy self-test,
-     ratio == 1), clipped surrogate + k3 KL, accumulate over micro-batches, clip, step;
+  5. for each inner epoch and minibatch: recompute log-probs (first minibatch: the on-policy self-test
+     against the recorded ones, ratio == 1), clipped surrogate + k3 KL, accumulate over micro-batches,
+     clip, step;
   6. log (CSV, TensorBoard, wandb, sample completions as JSONL), checkpoint every N steps atomically.
 """
 
@@ -42,6 +44,7 @@ import torch
 
 from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.generator import GenerationRequest
+from evalsuite.reward import resolve_dtype
 from evalsuite.sample import Sample
 from evalsuite.seeding import derive_seed
 from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text, jsonable
@@ -52,6 +55,7 @@ from harness.rewriter import (
     ParsedCompletion,
     RewriterPolicy,
     Rollout,
+    _set_training,
     build_policy,
     completion_logprobs,
     count_words,
@@ -136,6 +140,14 @@ class StepBatch:
     details: list[dict[str, Any]]
 
 
+def logprobs_source(config: TrainConfig) -> str:
+    """``grpo.logprobs_from`` resolved: "auto" is the sampler in float32 and a recompute otherwise."""
+    source = config.grpo.logprobs_from
+    if source == "auto":
+        return "sampler" if resolve_dtype(config.policy.dtype) == torch.float32 else "recompute"
+    return source
+
+
 def rollout(
     policy: RewriterPolicy,
     rows: list[dict],
@@ -150,8 +162,11 @@ def rollout(
     """Sample G rewrites per prompt, parse them, render, score. Malformed rewrites render the original."""
     G = config.grpo.group_size
     seed = derive_seed(config.seed, f"rollout/{step}", rank)
-    out = policy.sample([r["prompt"] for r in rows], G, seed)
-    policy.record_logprobs(out, micro_batch_size, reference=config.grpo.beta != 0.0)
+    out = policy.sample([r["prompt"] for r in rows], G, seed)  # fills the sampler's own log-probs
+    if logprobs_source(config) == "recompute":  # replace them with the train-time forward's (exact)
+        policy.record_logprobs(out, micro_batch_size, reference=config.grpo.beta != 0.0)
+    elif config.grpo.beta != 0.0:
+        policy.record_reference_logprobs(out, micro_batch_size)
     parsed = policy.parse(out)
     samples = []
     for i, p in enumerate(parsed):
@@ -192,24 +207,34 @@ def policy_update(
     config: TrainConfig,
     step: int,
 ) -> dict[str, float]:
-    """Inner epochs × minibatches of clipped-surrogate steps on one rollout; returns averaged stats."""
+    """Inner epochs × minibatches of clipped-surrogate steps on one rollout; returns averaged stats.
+
+    The first minibatch of the first epoch runs before any update, so its old log-probs ARE the current
+    ones: it uses them detached (ratio exactly 1, as TRL does with one inner epoch) and checks them against
+    the rollout's log-probs (the on-policy self-test). Later minibatches and epochs use the rollout's.
+    Statistics stay tensors until the end: one device sync per update, not one per micro-batch."""
     g = config.grpo
     ro, n = batch.rollout, len(batch.rollout)
     mb = n // g.minibatches
     micro = min(g.micro_batch_size, mb)
-    model.train(config.policy.train_mode or config.policy.gradient_checkpointing)
+    _set_training(model, config.policy.train_mode or config.policy.gradient_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
-    totals: dict[str, float] = {}
+    passes = g.num_inner_epochs * g.minibatches
+    totals: dict[str, torch.Tensor] = {}
+    ratio_min: list[torch.Tensor] = []
+    ratio_max: list[torch.Tensor] = []
+    diffs: list[torch.Tensor] = []
     for epoch in range(g.num_inner_epochs):
         for m in range(g.minibatches):
             chunks = [slice(s, s + micro) for s in range(m * mb, (m + 1) * mb, micro)]
             tokens = float(ro.completion_mask[m * mb : (m + 1) * mb].sum())
+            first = epoch == 0 and m == 0
             for c_i, sl in enumerate(chunks):
                 part = ro.rows(sl)
                 last = c_i == len(chunks) - 1
                 with accelerator.no_sync(model) if not last else nullcontext():
                     logp = policy.logprobs(part, model)
-                    if epoch == 0 and m == 0 and g.ratio_check:
+                    if first and g.ratio_check:
                         try:
                             grpo.ratio_self_test(logp, part.logp, part.completion_mask, g.ratio_tol)
                         except grpo.OnPolicyError as e:
@@ -218,7 +243,7 @@ def policy_update(
                             ) from e
                     loss, stats = grpo.grpo_loss(
                         logp,
-                        part.logp,
+                        logp.detach() if first else part.logp,
                         part.ref_logp,
                         advantages[sl].to(logp.device),
                         part.completion_mask,
@@ -234,29 +259,32 @@ def policy_update(
                         else (sl.stop - sl.start) / mb
                     )
                     accelerator.backward(loss * weight)
-                for k, v in {"loss": loss.detach(), **stats}.items():
-                    if k in ("ratio_min", "ratio_max"):
-                        fn = min if k == "ratio_min" else max
-                        totals[k] = fn(totals.get(k, float(v)), float(v))
+                for k, v in {"loss": loss, **stats}.items():
+                    v = torch.as_tensor(v).detach().double()
+                    if k == "ratio_min":
+                        ratio_min.append(v)
+                    elif k == "ratio_max":
+                        ratio_max.append(v)
                     else:
-                        totals[k] = totals.get(k, 0.0) + float(v) * weight / (
-                            g.num_inner_epochs * g.minibatches
-                        )
-                if epoch == 0 and m == 0:
-                    diff = (logp.detach() - part.logp).abs()[part.completion_mask.bool()]
-                    totals["selftest/max_abs_logp_diff"] = max(
-                        totals.get("selftest/max_abs_logp_diff", 0.0),
-                        float(diff.max()) if diff.numel() else 0.0,
-                    )
+                        totals[k] = totals.get(k, 0.0) + v * (weight / passes)
+                if first:
+                    diff = (logp.detach() - part.logp).abs().double()
+                    diffs.append(torch.where(part.completion_mask.bool(), diff, 0.0).max())
             if config.optim.max_grad_norm is not None:
                 norm = accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
-                totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / (
-                    g.num_inner_epochs * g.minibatches
-                )
+                norm = torch.as_tensor(norm).detach().double()
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + norm / passes
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    return totals
+    _set_training(model, False)
+    if ratio_min:
+        totals["ratio_min"] = torch.stack(ratio_min).min()
+        totals["ratio_max"] = torch.stack(ratio_max).max()
+    if diffs:
+        totals["selftest/max_abs_logp_diff"] = torch.stack(diffs).max()
+    keys = list(totals)
+    values = torch.stack([totals[k].to(ro.input_ids.device) for k in keys]).cpu().tolist() if keys else []
+    return dict(zip(keys, values))
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -553,6 +581,16 @@ def validate(config: TrainConfig, world: int) -> None:
         )
     if g.aggregation not in grpo.AGGREGATIONS:
         raise ConfigError(f"grpo.aggregation {g.aggregation!r} is not one of {grpo.AGGREGATIONS}")
+    if g.logprobs_from not in ("auto", "sampler", "recompute"):
+        raise ConfigError(f"grpo.logprobs_from must be auto, sampler or recompute, got {g.logprobs_from!r}")
+    low_precision = resolve_dtype(config.policy.dtype) != torch.float32
+    if logprobs_source(config) == "sampler" and low_precision and g.ratio_check and g.ratio_tol < 1e-3:
+        raise ConfigError(
+            f"grpo.logprobs_from=sampler with policy.dtype={config.policy.dtype}: the KV-cache sampler's "
+            "log-probs differ from the train-time forward by ~1e-2 in low precision, so the on-policy "
+            f"self-test would fail at tol {g.ratio_tol:g}; use logprobs_from=recompute (exact) or raise "
+            "grpo.ratio_tol to ~0.05"
+        )
     if g.advantage_mode not in grpo.ADVANTAGE_MODES:
         raise ConfigError(f"grpo.advantage_mode {g.advantage_mode!r} is not one of {grpo.ADVANTAGE_MODES}")
     if config.steps < 0 or config.save_every < 1:

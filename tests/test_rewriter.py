@@ -13,6 +13,7 @@ from harness.rewards import RewardSet, combine, format_reward, length_reward, no
 from harness.rewriter import (
     ParsedCompletion,
     build_policy,
+    completion_logprobs,
     load_rewriter,
     parse_completion,
     save_rewriter,
@@ -197,6 +198,151 @@ def test_recorded_logprobs_equal_the_train_time_recompute(policy):
     part = ro.rows(slice(0, 4))
     with pytest.raises(grpo.OnPolicyError, match="self-test failed"):
         grpo.ratio_self_test(policy.logprobs(part, temperature=1.5), part.logp, part.completion_mask)
+
+
+@pytest.fixture(scope="module")
+def trained(lm_dir):
+    """A policy whose LoRA is not the identity (B != 0), so that adapter on and off differ."""
+    pol = build_policy(_config(lm_dir), seed=0)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    pol.model.eval()
+    return pol
+
+
+def test_sampler_logprobs_match_the_train_time_forward(trained):
+    """``sample`` records log π from the logits each token was drawn from: no extra forward. The KV-cache
+    sampler and the one-pass train-time forward agree to float rounding (we measured <= 1.5e-6 in fp32 on
+    the tiny and a 24M-parameter model; 2e-3 to 1.6e-2 in bf16, hence logprobs_from=auto)."""
+    ro = trained.sample(PROMPTS, 4, seed=3)
+    assert ro.sampler_logp is not None and ro.logp is ro.sampler_logp
+    assert ro.sampler_logp.dtype == torch.float32 and ro.sampler_logp.shape == ro.completion_ids.shape
+    m = ro.completion_mask.bool()
+    assert (ro.sampler_logp[~m] == 0).all() and (ro.sampler_logp[m] < 0).all()
+    recompute = trained.logprobs(ro)
+    worst = float((recompute.detach() - ro.sampler_logp).abs()[m].max())
+    assert 0 <= worst <= 1e-5, worst
+    grpo.ratio_self_test(recompute, ro.logp, ro.completion_mask, tol=1e-5)
+    with pytest.raises(grpo.OnPolicyError):  # and it is a real test: a temperature change breaks it
+        grpo.ratio_self_test(trained.logprobs(ro, temperature=1.3), ro.logp, ro.completion_mask, tol=1e-5)
+    # record_logprobs replaces logp with the train-time forward's values and keeps the sampler's
+    trained.record_logprobs(ro, micro_batch_size=4)
+    assert ro.logp is not ro.sampler_logp and torch.equal(
+        ro.rows(slice(0, 4)).sampler_logp, ro.sampler_logp[:4]
+    )
+    greedy = trained.sample(PROMPTS, 1, seed=0, greedy=True)  # T = 0: log-softmax of the raw logits
+    with torch.no_grad():
+        full = completion_logprobs(
+            trained.model, greedy.input_ids, greedy.attention_mask, greedy.prompt_len, 0.0
+        )
+    gm = greedy.completion_mask.bool()
+    assert float((full - greedy.sampler_logp).abs()[gm].max()) <= 1e-5
+
+
+def test_lean_lora_forwards_are_bit_identical_to_peft(trained):
+    """The sampler and the reference run PEFT's LoRA linears as plain ops: same bits, state restored."""
+    from harness.rewriter import _lean_lora, _reference_policy
+
+    ids, mask = trained.encode_prompts(PROMPTS)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    model = trained.model
+    with torch.no_grad():
+        peft_out = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        with model.disable_adapter():
+            peft_ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        with _lean_lora(model) as complete:
+            assert complete
+            lean_out = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        with _reference_policy(model):
+            lean_ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    assert torch.equal(lean_out, peft_out) and torch.equal(lean_ref, peft_ref)
+    assert not torch.equal(peft_out, peft_ref)  # the adapter matters
+    assert not any("forward" in vars(m) for m in model.modules())  # every patch removed
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    assert not any(m.disable_adapters for m in model.modules() if isinstance(m, BaseTunerLayer))
+    # A sampled rollout is the same with PEFT's own forwards.
+    with torch.no_grad():
+        lean = trained.sample(PROMPTS, 2, seed=5)
+    import harness.rewriter as rw
+
+    original = rw._lean_forward
+    try:
+        rw._lean_forward = lambda module, adapter: None  # nothing patched: PEFT's forward everywhere
+        plain = trained.sample(PROMPTS, 2, seed=5)
+    finally:
+        rw._lean_forward = original
+    assert torch.equal(lean.input_ids, plain.input_ids) and torch.equal(lean.sampler_logp, plain.sampler_logp)
+
+
+def test_reference_needs_a_peft_model(lm_dir):
+    from evalsuite.errors import ConfigError
+    from harness.rewriter import _reference_policy
+
+    plain = build_policy(_config(lm_dir), lora=False)
+    with pytest.raises(ConfigError, match="needs a PEFT model"), _reference_policy(plain.model):
+        pass
+
+
+def test_shared_prompt_forward_equals_the_one_pass_forward(trained):
+    """Rows of one group share their prompt: it runs once and its KV cache is indexed out to the group.
+    Log-probs agree with the one-pass forward to float rounding, gradients too; train mode and batches
+    without repeated prompts take the one-pass forward."""
+    ro = trained.sample(PROMPTS, 3, seed=2)
+    params = [p for p in trained.model.parameters() if p.requires_grad]
+    m = ro.completion_mask
+
+    def run(share: bool):
+        logp = completion_logprobs(
+            trained.model, ro.input_ids, ro.attention_mask, ro.prompt_len, 1.0, share_prompts=share
+        )
+        grads = torch.autograd.grad((logp * m).sum(), params)
+        return logp.detach(), torch.cat([g.flatten() for g in grads])
+
+    one, g_one = run(False)
+    shared, g_shared = run(True)
+    assert not torch.equal(one, shared)  # a different computation...
+    assert float((one - shared).abs()[m.bool()].max()) <= 1e-5  # ...of the same numbers
+    assert float((g_one - g_shared).abs().max()) <= 1e-5 * float(g_one.abs().max())
+    calls = []
+    hook = trained.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append(kwargs), with_kwargs=True
+    )
+    try:
+        completion_logprobs(trained.model, ro.input_ids, ro.attention_mask, ro.prompt_len, 1.0)
+        assert [c["input_ids"].shape[0] for c in calls] == [2, 6]  # 2 distinct prompts, then 6 completions
+        calls.clear()
+        single = ro.rows(slice(0, 6, 3))  # one row per prompt: nothing to share
+        completion_logprobs(trained.model, single.input_ids, single.attention_mask, single.prompt_len, 1.0)
+        assert len(calls) == 1
+        calls.clear()
+        trained.model.train()
+        completion_logprobs(trained.model, ro.input_ids, ro.attention_mask, ro.prompt_len, 1.0)
+        assert len(calls) == 1  # train mode (dropout, gradient checkpointing) runs the one-pass forward
+    finally:
+        trained.model.eval()
+        hook.remove()
+
+
+def test_draw_follows_the_probabilities_and_never_picks_a_zero():
+    from harness.rewriter import _draw
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(1, 40, generator=gen) * 2, -1)
+    probs[0, [0, 7, 39]] = 0.0
+    probs = probs / probs.sum()
+    n = 200_000
+    counts = torch.bincount(_draw(probs.expand(n, -1), gen), minlength=40).double()
+    p = probs[0].double()
+    assert counts[p == 0].sum() == 0
+    z = (counts / n - p).abs() / (p * (1 - p) / n).sqrt()
+    assert float(z[p > 0].max()) < 4.5  # 37 cells: a 4.5-sigma cell has probability ~2.5e-4
+    one_hot = torch.zeros(3, 10)
+    one_hot[:, [0, 4, 9]] = torch.eye(3)
+    assert _draw(one_hot, gen).tolist() == [0, 4, 9]
 
 
 def test_greedy_tokens_are_the_argmax_of_the_full_forward(policy):

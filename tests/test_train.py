@@ -187,7 +187,11 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_recipes_load_with_reference_values():
-    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    from harness.flow_config import is_flow_config
+
+    # the rewriter's recipes (the flow trainer's live in the same folder and are tested with it)
+    recipes = RECIPES.glob("*.yaml")
+    names = sorted(p.stem for p in recipes if not is_flow_config(yaml.safe_load(p.read_text())))
     assert names == ["geneval", "ocr", "pickscore", "promptecho"]
     rewards = {"geneval": "geneval", "ocr": "ocr", "pickscore": "pickscore", "promptecho": "promptecho"}
     for name in names:
@@ -331,12 +335,23 @@ def test_on_policy_self_test_passes_and_catches_broken_setups(
 
     quick = dict(steps=2, grpo__group_size=4, grpo__prompts_per_step=2, grpo__micro_batch_size=4)
     result = train(
-        make_config(_with_sft(tmp_path / "ok", sft_adapter), tiny["qwen2-lm"], **quick, tensorboard=True)
+        make_config(
+            _with_sft(tmp_path / "ok", sft_adapter),
+            tiny["qwen2-lm"],
+            **quick,
+            tensorboard=True,
+            grpo__logprobs_from="recompute",
+        )
     )
     assert list((tmp_path / "ok" / "tensorboard").glob("events.out.tfevents.*"))
     for m in result.metrics:  # checked on every step's first minibatch
-        assert m["selftest/max_abs_logp_diff"] == 0.0  # exact, not just within tolerance
+        assert m["selftest/max_abs_logp_diff"] == 0.0  # recorded by the train-time forward: exact
     assert result.metrics[1]["ratio_max"] > 1.0 + 1e-6  # later minibatches are off-policy: the test is real
+    # The default in float32: the sampler's own log-probs (no extra forward), within float rounding.
+    sampled = train(make_config(_with_sft(tmp_path / "sampler", sft_adapter), tiny["qwen2-lm"], **quick))
+    for m in sampled.metrics:
+        assert 0.0 <= m["selftest/max_abs_logp_diff"] <= 1e-5
+    assert sampled.metrics[1]["ratio_max"] > 1.0 + 1e-6
 
     # Dropout on during the loss forward. A fresh LoRA has B = 0, so dropout on its input changes nothing
     # at step 0; from step 1 on the recompute differs from the record and the run stops with a message.
@@ -364,6 +379,62 @@ def test_on_policy_self_test_passes_and_catches_broken_setups(
     monkeypatch.setattr(RewriterPolicy, "logprobs", hotter)
     with pytest.raises(grpo.OnPolicyError, match="step 0, rank 0: on-policy ratio self-test failed"):
         train(make_config(tmp_path / "temperature", tiny["qwen2-lm"], **{**quick, "sft__steps": 0}))
+
+
+def test_logprobs_source_and_its_checks(tmp_path):
+    from harness.train import logprobs_source, validate
+
+    cfg = make_config(tmp_path, Path("unused"))
+    assert cfg.grpo.logprobs_from == "auto" and logprobs_source(cfg) == "sampler"  # float32
+    bf16 = replace(cfg, policy=replace(cfg.policy, dtype="bfloat16"))
+    assert logprobs_source(bf16) == "recompute"  # the sampler is ~1e-2 off the train forward in bf16
+    validate(bf16, 1)
+    forced = replace(bf16, grpo=replace(bf16.grpo, logprobs_from="sampler"))
+    with pytest.raises(ConfigError, match="ratio_tol"):
+        validate(forced, 1)
+    validate(replace(forced, grpo=replace(forced.grpo, ratio_tol=0.05)), 1)
+    with pytest.raises(ConfigError, match="logprobs_from"):
+        validate(replace(cfg, grpo=replace(cfg.grpo, logprobs_from="vllm")), 1)
+
+
+def test_one_inner_step_uses_the_current_logprobs_as_old_and_skips_the_reference_when_beta_is_0(
+    tiny, tmp_path, monkeypatch
+):
+    """TRL's shortcut with one epoch and one minibatch: the old log-probs are the current ones detached
+    (ratio exactly 1), the sampler's log-probs are still checked against them, and without a KL term no
+    reference forward runs."""
+    from harness.rewriter import RewriterPolicy
+    from harness.train import train
+
+    calls = []
+
+    def counting(name):
+        original = getattr(RewriterPolicy, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls.append(name)
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("record_logprobs", "record_reference_logprobs"):
+        monkeypatch.setattr(RewriterPolicy, name, counting(name))
+    cfg = make_config(
+        tmp_path / "beta0",
+        tiny["qwen2-lm"],
+        steps=2,
+        sft__steps=0,
+        grpo__num_inner_epochs=1,
+        grpo__minibatches=1,
+        grpo__beta=0.0,
+    )
+    result = train(cfg)
+    assert calls == []
+    for m in result.metrics:
+        assert m["ratio_min"] == m["ratio_max"] == 1.0 and m["kl"] == 0.0
+        assert 0.0 <= m["selftest/max_abs_logp_diff"] <= 1e-5
+    train(replace(cfg, out_dir=str(tmp_path / "beta"), steps=1, grpo=replace(cfg.grpo, beta=0.01)))
+    assert calls == ["record_reference_logprobs"]
 
 
 # ----------------------------------------------------------------------------------------- learning
