@@ -265,8 +265,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe (plus overrides) into a ``TrainConfig``."""
+def read_recipe(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML recipe as plain data, with ``key.path=value`` overrides applied."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -274,10 +274,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         raise ConfigError(f"config file {path} not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    return from_dict(TrainConfig, apply_overrides(data, overrides or []), str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return apply_overrides(data, overrides or [])
 
 
-def save_config(config: TrainConfig, path: str | Path) -> None:
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe (plus overrides) into a ``TrainConfig``."""
+    return from_dict(TrainConfig, read_recipe(path, overrides), str(path))
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Any run config (a dataclass with ``to_dict``) as YAML, atomically."""
     from evalsuite.store import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from evalsuite.errors import ConfigError
 from harness.config import (
     DataConfig,
@@ -25,8 +23,8 @@ from harness.config import (
     PolicyConfig,
     RewardsConfig,
     RewardSpec,
-    apply_overrides,
     from_dict,
+    read_recipe,
 )
 
 MODES = ("flow", "promptrl", "promptloop")
@@ -168,14 +166,7 @@ def is_flow_config(data: dict[str, Any]) -> bool:
 
 
 def load_flow_config(path: str | Path, overrides: list[str] | None = None) -> FlowTrainConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    config = from_dict(FlowTrainConfig, apply_overrides(data, overrides or []), str(path))
+    config = from_dict(FlowTrainConfig, read_recipe(path, overrides), str(path))
     validate_flow_config(config)
     return config
 
@@ -217,9 +208,3 @@ def validate_flow_config(config: FlowTrainConfig) -> None:
             )
     if config.grpo.group_size < 2:
         raise ConfigError("grpo.group_size must be >= 2 (advantages are relative to the group)")
-
-
-def save_flow_config(config: FlowTrainConfig, path: str | Path) -> None:
-    from evalsuite.store import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))

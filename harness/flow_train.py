@@ -53,8 +53,8 @@ from harness.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
-from harness.config import RewardsConfig
-from harness.flow_config import FlowTrainConfig, load_flow_config, save_flow_config, validate_flow_config
+from harness.config import RewardsConfig, save_config
+from harness.flow_config import FlowTrainConfig, load_flow_config, validate_flow_config
 from harness.flow_policy import FlowPolicy, RefineRequest, Trajectory, choose_sde_steps, choose_train_steps
 from harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
 from harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
@@ -549,7 +549,7 @@ def train(
     out_dir = Path(config.out_dir)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_flow_config(config, out_dir / "config.yaml")
+        save_config(config, out_dir / "config.yaml")
     accelerator.wait_for_everyone()
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)

@@ -49,6 +49,14 @@ from evalsuite.sample import Sample
 from evalsuite.seeding import derive_seed
 from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text, jsonable
 from harness import grpo
+from harness.checkpoint import (
+    CHECKPOINTS,
+    LATEST,
+    TRAINER_STATE,
+    latest_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
 from harness.config import DataConfig, SFTConfig, TrainConfig, load_config, save_config
 from harness.rewards import RewardSet, finite_stats
 from harness.rewriter import (
@@ -62,9 +70,6 @@ from harness.rewriter import (
     format_completion,
     save_rewriter,
 )
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -290,35 +295,6 @@ def policy_update(
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The checkpoint named by ``checkpoints/latest`` (written only after the folder is complete)."""
-    pointer = out_dir / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    path = out_dir / CHECKPOINTS / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise ConfigError(
-            f"{pointer} names {path.name}, which is incomplete or missing; remove the pointer "
-            "to start over or point it at an earlier complete checkpoint"
-        )
-    return path
-
-
 def save_checkpoint(
     out_dir: Path,
     step: int,
@@ -332,33 +308,16 @@ def save_checkpoint(
     sft_adapter: Path | None,
     keep: int | None,
 ) -> Path:
-    """Write checkpoints/step_XXXXXX into a temporary folder, rename it, then move the ``latest`` pointer:
-    a kill at any moment leaves the previous checkpoint as ``latest``."""
-    root = out_dir / CHECKPOINTS
-    name = f"step_{step:06d}"
-    tmp, final = root / f".{name}.tmp", root / name
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
+    """Adapter (+ the SFT adapter it sits on), optimizer, scheduler and trainer state, atomically
+    (harness.checkpoint: a kill at any moment leaves the previous checkpoint as ``latest``)."""
+
+    def write(tmp: Path) -> None:
         save_rewriter(tmp, policy, accelerator.unwrap_model(model), step=step, sft_adapter=sft_adapter)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "trainer_state.json", {**state, "step": step})
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(root / LATEST, name + "\n")
-        if keep is not None:
-            done = sorted(p for p in root.glob("step_*") if p.is_dir())
-            for old in done[: max(len(done) - keep, 0)]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+        atomic_write_json(tmp / TRAINER_STATE, {**state, "step": step})
+
+    return write_checkpoint(out_dir, step, accelerator, write, keep)
 
 
 def load_checkpoint(
@@ -376,10 +335,8 @@ def load_checkpoint(
         )
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng_file = path / f"rng_rank{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / "trainer_state.json").read_text())
+    restore_rng(path, accelerator.process_index)
+    return json.loads((path / TRAINER_STATE).read_text())
 
 
 def param_hash(model: Any) -> str:
