@@ -58,7 +58,7 @@ from harness.flow_config import FlowTrainConfig, load_flow_config, validate_flow
 from harness.flow_policy import FlowPolicy, RefineRequest, Trajectory, choose_sde_steps, choose_train_steps
 from harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
 from harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
-from harness.train import MetricsLog, _Warmup, load_prompts, param_hash, step_prompts
+from harness.train import MetricsLog, _Warmup, check_engine, load_prompts, param_hash, step_prompts
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -536,6 +536,7 @@ def train(
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(cpu=multi_cpu)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    check_engine(accelerator)
     g = config.grpo
     if g.prompts_per_step % world:
         raise ConfigError(

@@ -515,6 +515,24 @@ class TrainResult:
     metrics: list[dict[str, Any]]
 
 
+def check_engine(accelerator: Any) -> None:
+    """Refuse engines that shard parameters: our samplers run the unwrapped module, which under FSDP or
+    DeepSpeed ZeRO-3 holds only this rank's shard. DDP and ZeRO-1/2 keep whole parameters on every rank."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    stage = None
+    if kind == DistributedType.DEEPSPEED:
+        plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+        stage = getattr(plugin, "zero_stage", None)
+    if kind == DistributedType.FSDP or stage == 3:
+        raise ConfigError(
+            f"{'FSDP' if kind == DistributedType.FSDP else 'DeepSpeed ZeRO-3'} shards the parameters, but "
+            "sampling runs the unsharded module: launch with DDP (--multi_gpu) or DeepSpeed ZeRO stage 1/2; "
+            "LoRA keeps the trainable state small, so DDP is usually enough"
+        )
+
+
 def validate(config: TrainConfig, world: int) -> None:
     g = config.grpo
     if g.group_size < 2:
@@ -569,6 +587,7 @@ def train(
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(cpu=multi_cpu)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    check_engine(accelerator)
     validate(config, world)
     out_dir = Path(config.out_dir)
     if accelerator.is_main_process:

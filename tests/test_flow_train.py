@@ -388,3 +388,20 @@ def test_two_ranks_under_accelerate_stay_in_sync(tiny_dir, tmp_path):
     assert [x["step"] for x in ranks[0]] == [1, 2]
     assert ranks[0] == ranks[1]
     assert ranks[0][0]["flow"] != ranks[0][1]["flow"]  # the LoRA moved between steps
+
+
+def test_parameter_sharding_engines_are_refused_with_a_clear_message():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from harness.train import check_engine
+
+    check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, state=None))
+    zero2 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))
+    check_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=zero2))
+    with pytest.raises(ConfigError, match="FSDP shards"):
+        check_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, state=None))
+    zero3 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3))
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        check_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=zero3))
