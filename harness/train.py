@@ -1,7 +1,7 @@
 """GRPO training of a RePrompt-style prompt rewriter. One file, read top to bottom.
 
     python -m harness.train --config harness/recipes/geneval.yaml [--set grpo.beta=0.01 ...]
-    accelerate launch -m harness.train --config ...        # DDP (DeepSpeed/FSDP via `accelerate config`)
+    accelerate launch -m harness.train --config ...        # DDP, or DeepSpeed ZeRO-1/2 (FSDP/ZeRO-3 refused)
 
 One step:
   1. take the step's prompts (a pure function of the step: resume needs no data-loader state); each rank
