@@ -405,3 +405,20 @@ def test_parameter_sharding_engines_are_refused_with_a_clear_message():
     zero3 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3))
     with pytest.raises(ConfigError, match="ZeRO-3"):
         check_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=zero3))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_same_initial_noise_in_a_group_is_an_option(tiny_dir, tmp_path, same):
+    from harness.flow_policy import FlowPolicy
+    from harness.rewards import RewardSet
+
+    base = make_config(tmp_path, tiny_dir)
+    config = replace(base, flow=replace(base.flow, same_noise_in_group=same))
+    flow = FlowPolicy.from_pretrained(config.flow, seed=0)
+    rows = [{"id": "0", "prompt": "a cat", "metadata": {}, "position": 0}]
+    batch = flow_train.rollout(
+        config, rows, flow=flow, lm=None, reward_set=RewardSet(config.rewards), step=0, rank=0, sources=None
+    )
+    start = batch.traj.latents[:, 0]
+    assert all(torch.equal(start[0], start[k]) for k in range(1, 8)) == same
+    assert not torch.equal(batch.traj.latents[0, -1], batch.traj.latents[1, -1])  # SDE noise differs anyway
