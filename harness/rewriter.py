@@ -603,8 +603,16 @@ def _untie_lm_head(model: Any) -> None:
         model.config.tie_word_embeddings = False
 
 
-def add_lora(model: Any, lora: LoraSettings, adapter: str | None = None, *, trainable: bool = True):
-    """Wrap ``model`` in a PEFT LoRA: a fresh adapter, or the one saved at ``adapter``."""
+def add_lora(
+    model: Any,
+    lora: LoraSettings,
+    adapter: str | None = None,
+    *,
+    trainable: bool = True,
+    targets: str | list[str] | None = None,
+):
+    """Wrap ``model`` in a PEFT LoRA: a fresh adapter, or the one saved at ``adapter``. ``targets``
+    (names or a PEFT regex) overrides ``lora.target_modules``, e.g. to keep a vision tower out."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter is not None:
@@ -615,7 +623,7 @@ def add_lora(model: Any, lora: LoraSettings, adapter: str | None = None, *, trai
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=list(lora.target_modules) if targets is None else targets,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

@@ -38,7 +38,7 @@ from PIL import Image
 from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
 from harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
-from harness.rewriter import ParsedCompletion, _adapter_disabled, _end_token_ids, parse_completion
+from harness.rewriter import ParsedCompletion, _adapter_disabled, _end_token_ids, add_lora, parse_completion
 from rewards import _qwen_vl as qvl
 
 # Our own wording of PromptLoop's instruction (the paper's prompt is not public).
@@ -468,21 +468,10 @@ def language_lora_pattern(target_modules: Sequence[str]) -> str:
 
 
 def add_language_lora(model: Any, lora: LoraSettings, adapter: str | None = None, *, trainable: bool = True):
-    """A PEFT LoRA on the language model's linear layers: fresh, or the one saved at ``adapter``."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    if adapter is not None:
-        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-    if lora.r < 1:
-        raise ConfigError(f"policy.lora.r must be >= 1 (full fine-tuning is not supported), got {lora.r}")
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=language_lora_pattern(lora.target_modules),
-        task_type="CAUSAL_LM",
+    """A PEFT LoRA on the language model's linear layers only: fresh, or the one saved at ``adapter``."""
+    return add_lora(
+        model, lora, adapter, trainable=trainable, targets=language_lora_pattern(lora.target_modules)
     )
-    return get_peft_model(model, config)
 
 
 def build_vl_policy(
