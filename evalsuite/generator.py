@@ -39,6 +39,19 @@ class Generator(ABC):
         return {"name": self.name}
 
 
+def resolve_lora(path: str) -> str:
+    """A LoRA folder as given, or a flow-training run (``RUN/final/flow_lora``) or its ``final/`` folder;
+    anything else (a Hub id, a file) is passed to diffusers unchanged."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        for candidate in (folder / "flow_lora", folder / "final" / "flow_lora"):
+            if any(candidate.glob("*.safetensors")):
+                return str(candidate)
+    return path
+
+
 class DiffusersGenerator(Generator):
     """Any diffusers text-to-image or image-editing pipeline (FLUX.1-dev, FLUX.1-Kontext, SD3…).
 
@@ -94,6 +107,7 @@ class DiffusersGenerator(Generator):
 
         pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=resolve_dtype(dtype), revision=revision)
         if lora is not None:
+            lora = resolve_lora(lora)
             pipe.load_lora_weights(lora)
         pipe.to(torch.device(device))
         generator = cls(pipe, model_id=model, revision=revision, **settings)

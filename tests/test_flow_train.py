@@ -141,6 +141,10 @@ def test_run_writes_logs_images_manifest_and_a_loadable_lora(flux_runs, tiny_dir
         call_kwargs={"max_sequence_length": 16},
     )
     image = gen.generate([GenerationRequest("a cat", seed=11)])[0]
+    from evalsuite.generator import resolve_lora
+
+    assert resolve_lora(str(out)) == resolve_lora(str(out / "final")) == str(lora)  # the run folder works too
+    assert resolve_lora("black-forest-labs/some-lora") == "black-forest-labs/some-lora"
     policy = FlowPolicy.from_pretrained(make_config(out, tiny_dir).flow, seed=0)
     policy.load_lora(str(lora))
     cond, h, w = policy.encode(["a cat"])
