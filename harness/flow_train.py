@@ -58,7 +58,16 @@ from harness.flow_config import FlowTrainConfig, load_flow_config, validate_flow
 from harness.flow_policy import FlowPolicy, RefineRequest, Trajectory, choose_sde_steps, choose_train_steps
 from harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
 from harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
-from harness.train import MetricsLog, _Warmup, check_engine, load_prompts, param_hash, step_prompts
+from harness.train import (
+    MetricsLog,
+    _Warmup,
+    check_engine,
+    check_logprobs_source,
+    load_prompts,
+    param_hash,
+    record_rollout_logprobs,
+    step_prompts,
+)
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -123,13 +132,12 @@ def rollout(
     rendered, refined = list(originals), [False] * n
     actions = LMActions()
     micro = config.grpo.micro_batch_size
-    beta_lm = config.grpo.beta != 0.0
 
     # 2. PromptRL: the rewriter writes G − skip members of every group; the rest keep the original
     if mode == "promptrl":
         k_ref = G - config.promptrl.num_skip_refinement
         ro = lm.sample([r["prompt"] for r in rows], k_ref, derive_seed(config.seed, f"rewrite/{step}", rank))
-        lm.record_logprobs(ro, micro, reference=beta_lm)
+        record_rollout_logprobs(lm, ro, config, micro)  # the sampler's own log-probs, or the recompute
         parsed = lm.parse(ro)
         targets = [i * G + k for i in range(len(rows)) for k in range(k_ref)]
         for t, p in zip(targets, parsed):
@@ -531,6 +539,8 @@ def train(
     # ---- setup
     validate_flow_config(config)
     _check_rewards(config)
+    if config.mode == "promptrl":
+        check_logprobs_source(config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -153,6 +153,33 @@ def logprobs_source(config: TrainConfig) -> str:
     return source
 
 
+def check_logprobs_source(config: Any) -> None:
+    """``grpo.logprobs_from`` is valid and the self-test can pass with it (any config with ``grpo`` and
+    ``policy`` sections: the rewriter's and the flow trainer's PromptRL mode)."""
+    g = config.grpo
+    if g.logprobs_from not in ("auto", "sampler", "recompute"):
+        raise ConfigError(f"grpo.logprobs_from must be auto, sampler or recompute, got {g.logprobs_from!r}")
+    low_precision = resolve_dtype(config.policy.dtype) != torch.float32
+    if logprobs_source(config) == "sampler" and low_precision and g.ratio_check and g.ratio_tol < 1e-3:
+        raise ConfigError(
+            f"grpo.logprobs_from=sampler with policy.dtype={config.policy.dtype}: the KV-cache sampler's "
+            "log-probs differ from the train-time forward by ~1e-2 in low precision, so the on-policy "
+            f"self-test would fail at tol {g.ratio_tol:g}; use logprobs_from=recompute (exact) or raise "
+            "grpo.ratio_tol to ~0.05"
+        )
+
+
+def record_rollout_logprobs(
+    policy: RewriterPolicy, rollout: Rollout, config: Any, micro_batch_size: int
+) -> None:
+    """After ``sample`` (which keeps the sampler's own log-probs): the exact train-time recompute when
+    ``grpo.logprobs_from`` resolves to "recompute", and the reference's log-probs when β ≠ 0."""
+    if logprobs_source(config) == "recompute":
+        policy.record_logprobs(rollout, micro_batch_size, reference=config.grpo.beta != 0.0)
+    elif config.grpo.beta != 0.0:
+        policy.record_reference_logprobs(rollout, micro_batch_size)
+
+
 def rollout(
     policy: RewriterPolicy,
     rows: list[dict],
@@ -168,10 +195,7 @@ def rollout(
     G = config.grpo.group_size
     seed = derive_seed(config.seed, f"rollout/{step}", rank)
     out = policy.sample([r["prompt"] for r in rows], G, seed)  # fills the sampler's own log-probs
-    if logprobs_source(config) == "recompute":  # replace them with the train-time forward's (exact)
-        policy.record_logprobs(out, micro_batch_size, reference=config.grpo.beta != 0.0)
-    elif config.grpo.beta != 0.0:
-        policy.record_reference_logprobs(out, micro_batch_size)
+    record_rollout_logprobs(policy, out, config, micro_batch_size)
     parsed = policy.parse(out)
     samples = []
     for i, p in enumerate(parsed):
@@ -556,16 +580,7 @@ def validate(config: TrainConfig, world: int) -> None:
         )
     if g.aggregation not in grpo.AGGREGATIONS:
         raise ConfigError(f"grpo.aggregation {g.aggregation!r} is not one of {grpo.AGGREGATIONS}")
-    if g.logprobs_from not in ("auto", "sampler", "recompute"):
-        raise ConfigError(f"grpo.logprobs_from must be auto, sampler or recompute, got {g.logprobs_from!r}")
-    low_precision = resolve_dtype(config.policy.dtype) != torch.float32
-    if logprobs_source(config) == "sampler" and low_precision and g.ratio_check and g.ratio_tol < 1e-3:
-        raise ConfigError(
-            f"grpo.logprobs_from=sampler with policy.dtype={config.policy.dtype}: the KV-cache sampler's "
-            "log-probs differ from the train-time forward by ~1e-2 in low precision, so the on-policy "
-            f"self-test would fail at tol {g.ratio_tol:g}; use logprobs_from=recompute (exact) or raise "
-            "grpo.ratio_tol to ~0.05"
-        )
+    check_logprobs_source(config)
     if g.advantage_mode not in grpo.ADVANTAGE_MODES:
         raise ConfigError(f"grpo.advantage_mode {g.advantage_mode!r} is not one of {grpo.ADVANTAGE_MODES}")
     if config.steps < 0 or config.save_every < 1:
