@@ -130,8 +130,8 @@ class FlowTrainConfig:
     save_every: int = 50
     keep_checkpoints: int | None = 3
     resume: bool = True
-    eval_every: int = 0  # 0 = never: held-out ODE renders at eval_num_steps, scored with eval_rewards
-    eval_prompts: int = 8
+    eval_every: int = 0  # 0 = never: ODE renders at eval_num_steps of eval_data, scored with eval_rewards
+    eval_prompts: int = 8  # the first N rows of eval_data (null eval_data: of the training prompts)
     log_images_every: int = 10
     logged_images: int = 8
     tensorboard: bool = True
@@ -147,6 +147,7 @@ class FlowTrainConfig:
     )
     eval_rewards: list[RewardSpec] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
+    eval_data: DataConfig | None = None  # held-out prompts, e.g. flowgrpo/geneval/test_metadata.jsonl
     grpo: GRPOSettings = field(
         default_factory=lambda: GRPOSettings(group_size=8, prompts_per_step=4, beta=0.04, clip_eps=1e-4)
     )

@@ -569,6 +569,9 @@ def train(
     # ---- data, rewards, models
     rows = load_prompts(config.data)
     data_base = Path(config.data.path).parent if config.data.path else None
+    eval_cfg = config.eval_data or config.data
+    eval_rows = load_prompts(eval_cfg) if config.eval_rewards else []
+    eval_base = Path(eval_cfg.path).parent if eval_cfg.path else None
     reward_set = RewardSet(config.rewards, rewards, device=str(device))
     if not reward_set.needs_image:
         raise ConfigError("a flow run needs at least one image reward")
@@ -712,8 +715,9 @@ def train(
         metrics = _step_metrics(step + 1, stats, lrs, total, raw_all, group_ids, adv_all, batch, accelerator)
         if eval_set is not None:  # every row has the eval columns (the CSV header is fixed by row 1)
             metrics.update({f"eval/{k}": math.nan for k in eval_set.weights})
-        if config.eval_every and (step + 1) % config.eval_every == 0 and eval_set is not None:
-            metrics.update(evaluate_heldout(config, rows, flow, eval_set, ema, accelerator, data_base))
+        evaluating = config.eval_every and (step + 1) % config.eval_every == 0 and eval_set is not None
+        if evaluating and accelerator.is_main_process:  # deterministic: one rank's renders are everyone's
+            metrics.update(evaluate_heldout(config, eval_rows, flow, eval_set, ema, eval_base))
         metrics["time/step_s"] = time.perf_counter() - t0
         history.append(metrics)
         if logger is not None:
@@ -772,11 +776,11 @@ def evaluate_heldout(
     flow: FlowPolicy,
     eval_set: RewardSet,
     ema: EMA | None,
-    accelerator: Any,
     data_base: Path | None,
 ) -> dict[str, float]:
-    """Deterministic ODE renders at ``eval_num_steps`` of the first ``eval_prompts`` prompts (EMA weights
-    if enabled), scored by ``eval_rewards``: rewards not trained on reveal reward hacking."""
+    """Deterministic ODE renders at ``eval_num_steps`` of the first ``eval_prompts`` rows of ``eval_data``
+    (EMA weights if enabled), scored by ``eval_rewards``: held-out prompts and rewards not trained on
+    reveal overfitting and reward hacking."""
     picked = rows[: config.eval_prompts]
     prompts = [r["prompt"] for r in picked]
     sources = [load_source(r, data_base) for r in picked] if flow.is_edit else None

@@ -99,7 +99,13 @@ def _rise(metrics: list[dict]) -> tuple[float, float]:
 def flux_runs(tiny_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("flow")
     learned = flow_train.train(
-        make_config(root / "lr", tiny_dir, eval_every=30, eval_rewards=[RewardSpec("brightness")])
+        make_config(
+            root / "lr",
+            tiny_dir,
+            eval_every=15,
+            eval_rewards=[RewardSpec("brightness")],
+            eval_data=DataConfig(prompts=["a blue house", "a green frog"]),  # held out
+        )
     )
     frozen = flow_train.train(make_config(root / "lr0", tiny_dir, optim=OptimConfig(lr=0.0)))
     return learned, frozen
@@ -122,7 +128,10 @@ def test_run_writes_logs_images_manifest_and_a_loadable_lora(flux_runs, tiny_dir
     learned, _ = flux_runs
     out = learned.out_dir
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
-    assert len(rows) == 30 and "flow/kl" in rows[0] and "eval/brightness" in rows[-1]
+    assert len(rows) == 30 and "flow/kl" in rows[0]
+    evals = [float(r["eval/brightness"]) for r in rows]
+    assert np.isfinite(evals[14]) and np.isfinite(evals[29]) and np.isnan(evals[0])  # every 15 steps
+    assert evals[29] != evals[14]  # the held-out renders follow the trained LoRA
     assert (out / "images" / "step_000010.png").is_file()
     records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert records and {"prompt", "rendered", "reward"} <= set(records[0])
@@ -468,3 +477,10 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tiny_dir, tmp_p
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     rows = list(csv.DictReader(metrics.read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # the killed run's extra rows were cut back
+
+
+def test_recipes_evaluate_on_held_out_prompts():
+    for name in ("geneval", "ocr", "pickscore", "promptecho"):
+        config = load_flow_config(REPO / "harness" / "recipes" / f"flow_{name}.yaml")
+        assert config.eval_every and config.eval_data is not None
+        assert "test" in config.eval_data.key and "train" in config.data.key
