@@ -208,6 +208,15 @@ class FlowPolicy:
             raise ConfigError(f"{self.model_id} is not an editing model; source images are not accepted")
         embeds, pooled = self._encode_text(list(prompts))
         height, width = self.output_size(sources[0] if sources else None)
+        if sources and self.config.height is None:
+            sizes = {i: self.output_size(src) for i, src in enumerate(sources)}
+            other = [i for i, hw in sizes.items() if hw != (height, width)]
+            if other:  # one batch has one size: a smaller source would otherwise be upsized silently
+                raise ConfigError(
+                    f"source images {other} map to sizes {[sizes[i] for i in other[:3]]}, not "
+                    f"{(height, width)} like source 0: set flow.height/width (every source is then "
+                    "resized to it) or batch sources of one size"
+                )
         packed_ids = pipe._prepare_latent_image_ids(
             len(prompts),
             height // (pipe.vae_scale_factor * 2),

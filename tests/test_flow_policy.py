@@ -185,6 +185,8 @@ def test_kontext_keeps_the_source_size_and_never_upsizes(tiny_dir):
     assert traj.images[0].size == (32, 48)
     with pytest.raises(ConfigError, match="source image"):
         policy.encode(["no source"])
+    with pytest.raises(ConfigError, match=r"source images \[1\]"):  # would upsize the smaller one
+        policy.encode(["a", "b"], [_source(0, (40, 48)), _source(1, (16, 16))])
 
 
 def test_sde_window_and_timestep_fraction():
