@@ -821,6 +821,12 @@ def _step_metrics(
         else local.cpu().tolist()
     )
     s = dict(zip(keys, reduced))
+    if accelerator.num_processes > 1:  # extremes over ranks, not their mean
+        for k in [k for k in keys if k.endswith(("ratio_min", "ratio_max", "max_abs_logp_diff"))]:
+            every = accelerator.gather(
+                torch.tensor([stats[k]], dtype=torch.float64, device=accelerator.device)
+            )
+            s[k] = float(every.min() if k.endswith("ratio_min") else every.max())
     diag = grpo.reward_diagnostics(total, group_ids, raw)
     metrics: dict[str, Any] = {
         "step": step,
