@@ -19,6 +19,9 @@ from evalsuite.progress import progress
 from evalsuite.reward import Reward
 from evalsuite.sample import Sample
 
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
+
 
 @dataclass
 class Item:
@@ -37,11 +40,17 @@ def read_items(path: str | Path) -> list[Item]:
         raise ConfigError(f"{path}: expected a run directory with samples.jsonl or a JSONL listing of images")
     base = listing.parent
     items = []
-    for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines()):
+    for n, raw in enumerate(listing.read_bytes().splitlines()):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{listing}:{n + 1}: not UTF-8 text (byte {e.start + 1}: {e.reason})") from None
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise TypeError(f"a JSON object is needed, got {_JSON_KINDS.get(type(rec), 'a value')}")
             items.append(Item(
                 id=str(rec.get("id", n)), prompt=rec["prompt"], image=base / rec["image"],
                 metadata=dict(rec.get("metadata") or {}),
