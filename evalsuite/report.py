@@ -35,9 +35,19 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def describe_run(benchmark, per_sample) -> dict[str, Any]:
+    """The benchmark's description with the images per prompt the run really has: ``--images-per-prompt``
+    overrides the benchmark's official number, and results must not claim the official one."""
+    desc = dict(benchmark.describe())
+    if "images_per_prompt" in desc and "group" in per_sample and len(per_sample):
+        desc["images_per_prompt"] = int(per_sample.groupby("group").size().max())
+    return desc
+
+
 def write_outputs(out: Path, benchmark, summary: dict[str, Any], table, per_sample) -> None:
+    desc = describe_run(benchmark, per_sample)
     atomic_write_json(out / "results.json", {
-        "benchmark": benchmark.describe(),
+        "benchmark": desc,
         "summary": summary,
         "table": {str(k): v for k, v in table.to_dict(orient="index").items()},
         "n_images": len(per_sample),
@@ -50,13 +60,12 @@ def write_outputs(out: Path, benchmark, summary: dict[str, Any], table, per_samp
     # pyarrow absent or a column it cannot store: the JSONL table is the canonical one anyway
     with contextlib.suppress(ImportError, ValueError, TypeError):
         per_sample.to_parquet(out / "samples.parquet", index=False)
-    atomic_write_text(out / "summary.md", _markdown(benchmark, summary, table))
+    atomic_write_text(out / "summary.md", _markdown(benchmark.name, desc, summary, table))
     atomic_write_text(out / "report.html", html_report(benchmark, summary, table, per_sample))
 
 
-def _markdown(benchmark, summary: dict[str, Any], table) -> str:
-    desc = benchmark.describe()
-    head = [f"# {benchmark.name}", ""]
+def _markdown(name: str, desc: dict[str, Any], summary: dict[str, Any], table) -> str:
+    head = [f"# {name}", ""]
     head += [f"- **{k}**: {_fmt(v)}" for k, v in summary.items()]
     head += ["", "Scored by: " + ", ".join(f"{k}={v}" for k, v in desc.items() if k != "name"), ""]
     return "\n".join(head) + markdown_table(table) + "\n"
@@ -113,7 +122,7 @@ def html_report(benchmark, summary: dict[str, Any], table, per_sample) -> str:
         for gid, rows in groups.items()
     )
     summary_items = "".join(f"<li><b>{html.escape(str(k))}</b>: {_fmt(v)}</li>" for k, v in summary.items())
-    scorers = html.escape(", ".join(f"{k}={v}" for k, v in benchmark.describe().items()))
+    scorers = html.escape(", ".join(f"{k}={v}" for k, v in describe_run(benchmark, per_sample).items()))
     style = (
         "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
