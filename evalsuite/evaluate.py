@@ -111,10 +111,14 @@ def _check_or_write_manifest(out: Path, fingerprint: dict, run_info: dict, rank:
     path = out / MANIFEST
     if path.exists():
         previous = json.loads(path.read_text())
-        if previous.get("fingerprint") != json.loads(json.dumps(fingerprint, default=str)):
+        current = json.loads(json.dumps(fingerprint, default=str))
+        if previous.get("fingerprint") != current:
+            from evalsuite.settings_diff import changed_settings
+
+            changed = changed_settings(previous.get("fingerprint"), current)
             raise ConfigError(
-                f"{out} holds a different run (settings differ from its {MANIFEST}); "
-                "use a new output directory to start a new run"
+                f"{out} holds a different run; settings that differ from its {MANIFEST} (old → new): "
+                + "; ".join(changed) + ". Use a new output directory to start a new run"
             )
         return
     if rank == 0:
