@@ -111,6 +111,12 @@ class DenseAlignBench(Benchmark):
                 if v is not None
             }
             name = "promptecho" if companion == "auto" else companion
+            if companion_options:  # checked even for "auto": a typo is not "unavailable"
+                from evalsuite.options import check_options
+                from evalsuite.registry import registry
+
+                check_options(f"densealignbench (companion {name})", registry.get("rewards", name),
+                              companion_options)
             try:
                 from evalsuite.registry import get_reward
 

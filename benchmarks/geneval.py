@@ -37,6 +37,7 @@ class GenEval(Benchmark):
         self,
         *,
         metadata: str | None = None,
+        mode: str = "official",
         detector: str = "transformers",
         detector_model: str | None = None,
         checkpoint: str | None = None,
@@ -45,17 +46,29 @@ class GenEval(Benchmark):
         device: str = "cpu",
         dtype: str = "float32",
         batch_size: int = 16,
-        **thresholds: Any,
+        threshold: float | None = None,
+        counting_threshold: float | None = None,
+        max_objects: int | None = None,
+        max_overlap: float | None = None,
+        position_threshold: float | None = None,
+        test_scale: tuple[int, int] | None = None,
+        revision: str | None = None,
     ) -> None:
         """``metadata``: another file in GenEval's schema (e.g. a generated training set) instead of the
-        official prompts. Thresholds (threshold, counting_threshold, …) default to the official ones."""
+        official prompts. ``mode``: the rule (``official``, ``strict``, ``partial``; see
+        :mod:`rewards.geneval_rules`). Thresholds (and ``test_scale``, ``revision``) left at None are the
+        reward's defaults (the official ones); each is a named option so a misspelled one is an error."""
         from evalsuite.registry import get_reward
 
+        optional = {k: v for k, v in {
+            "threshold": threshold, "counting_threshold": counting_threshold, "max_objects": max_objects,
+            "max_overlap": max_overlap, "position_threshold": position_threshold, "test_scale": test_scale,
+            "revision": revision}.items() if v is not None}
         self.metadata_path = metadata
         self.reward = get_reward(
             "geneval",
             model=detector_model,
-            mode="official",
+            mode=mode,
             detector=detector,
             checkpoint=checkpoint,
             clip_model=clip_model,
@@ -63,7 +76,7 @@ class GenEval(Benchmark):
             device=device,
             dtype=dtype,
             batch_size=batch_size,
-            **thresholds,
+            **optional,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from evalsuite.errors import ConfigError
 from evalsuite.evaluate import RunResult, distributed_rank, evaluate
+from evalsuite.options import check_options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -85,13 +86,11 @@ def run(
     device = device or default_device()
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     factory = registry.get("benchmarks", bench)
+    check_options(bench, factory, options)  # before building anything (models load in constructors)
     bench_kwargs = {"device": device, "dtype": dtype, **(options or {})}
     if data_dir and "data_dir" in inspect.signature(factory).parameters:  # named, not swallowed by **kwargs
         bench_kwargs["data_dir"] = data_dir
     benchmark = factory(**_accepted(factory, bench_kwargs))
-    unknown = set(options or {}) - set(_accepted(factory, dict(options or {})))
-    if unknown:
-        raise ConfigError(f"benchmark {bench!r} does not take option(s) {sorted(unknown)}")
 
     kind = model_kind(model)
     model_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name)
