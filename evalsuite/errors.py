@@ -24,3 +24,7 @@ class UnknownNameError(EvalsuiteError, KeyError):
 
 class PluginError(EvalsuiteError, RuntimeError):
     """A registered plugin failed to load."""
+
+
+class ModelLoadError(EvalsuiteError, OSError):
+    """A model could not be loaded (offline, gated, misspelled id, missing folder); says how to fix it."""

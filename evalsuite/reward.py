@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from evalsuite.errors import ConfigError, EvalsuiteError
+from evalsuite.hub_errors import loading
 from evalsuite.images import BadImageError, as_source_image_error, to_rgb
 from evalsuite.sample import Sample
 
@@ -140,7 +141,9 @@ class Reward:
     # -- public API ----------------------------------------------------------------------------
     def load(self) -> Reward:
         if not self._loaded:
-            self._load()
+            with loading(self.model_id, f"{self.name} reward model",
+                         "DIR as the reward's model (--option model=DIR)"):
+                self._load()
             self._loaded = True
         return self
 
