@@ -39,6 +39,16 @@ class Generator(ABC):
         return {"name": self.name}
 
 
+def dtype_kwarg(dtype: str | torch.dtype) -> dict[str, torch.dtype]:
+    """The dtype argument of ``DiffusionPipeline.from_pretrained``: ``dtype`` from diffusers 0.40 on (which
+    warns that ``torch_dtype`` is deprecated), ``torch_dtype`` before (which ignores ``dtype``)."""
+    import diffusers
+    from packaging.version import Version
+
+    name = "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
+    return {name: resolve_dtype(dtype)}
+
+
 def resolve_lora(path: str) -> str:
     """A LoRA folder as given, or a flow-training run (``RUN/final/flow_lora``) or its ``final/`` folder;
     anything else (a Hub id, a file) is passed to diffusers unchanged."""
@@ -105,7 +115,10 @@ class DiffusersGenerator(Generator):
         """Load a pipeline by Hub id or local folder (``model_index.json`` picks the pipeline class)."""
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=resolve_dtype(dtype), revision=revision)
+        from evalsuite.hub_errors import loading
+
+        with loading(model, "pipeline", "--model DIR"):
+            pipe = DiffusionPipeline.from_pretrained(model, **dtype_kwarg(dtype), revision=revision)
         if lora is not None:
             lora = resolve_lora(lora)
             pipe.load_lora_weights(lora)
