@@ -9,6 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# `evalsuite score`: the output is written, but some samples errored (a distinct code CI can gate on).
+SCORE_ERRORS_EXIT = 3
+
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from evalsuite.registry import registry
@@ -95,7 +98,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from evalsuite.registry import get_reward
+    from evalsuite.options import check_options
+    from evalsuite.registry import get_reward, registry
     from evalsuite.runner import default_device, parse_options
     from evalsuite.scoring import mean_score, read_items, score_items
     from evalsuite.store import JsonlLog
@@ -106,11 +110,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
         **parse_options(args.option),
     }
     name = args.reward
-    reward = (
-        get_reward("multi", weights=name, **kwargs)
-        if ("," in name or ":" in name)
-        else get_reward(name, **kwargs)
-    )
+    if "," in name or ":" in name:
+        reward = get_reward("multi", weights=name, **kwargs)
+    else:
+        check_options(name, registry.get("rewards", name), parse_options(args.option))
+        reward = get_reward(name, **kwargs)
     items = read_items(args.input)
     rows = score_items(reward, items, batch_size=args.batch_size)
     if args.output:
@@ -126,7 +130,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for r in rows:
         if r["error"]:
             print(f"  error: {r['error']}", file=sys.stderr)
-    return 0
+    return SCORE_ERRORS_EXIT if bad and not args.allow_errors else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -310,19 +314,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--option",
         action="append",
         metavar="KEY=VALUE",
-        help="benchmark option, repeatable (e.g. mode=strict, detector=mmdet)",
+        help="benchmark option, repeatable (e.g. --option mode=strict --option threshold=0.4 for geneval; "
+        "a wrong key lists the benchmark's options)",
     )
     p.add_argument("--leaderboard", default="leaderboards", help="leaderboard directory to add this run to")
     p.add_argument("--no-leaderboard", action="store_true")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("score", help="score images (a run directory or a JSONL listing) with a reward")
+    p = sub.add_parser(
+        "score",
+        help="score images (a run directory or a JSONL listing) with a reward",
+        description="Score images with a reward. Exit status: 0 when every sample was scored (or is not "
+        f"applicable), {SCORE_ERRORS_EXIT} when any sample errored (--output still holds every good row and "
+        "every error row; --allow-errors makes that 0), 1 on a usage or setup error.",
+    )
     p.add_argument("input", help="run directory (samples.jsonl) or JSONL of {image, prompt, metadata}")
     p.add_argument(
         "--reward", required=True, help="reward name, or NAME:WEIGHT,NAME:WEIGHT for a weighted sum"
     )
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reward option, repeatable")
     p.add_argument("--output", help="write per-image scores to this JSONL file")
+    p.add_argument(
+        "--allow-errors", action="store_true",
+        help=f"exit 0 even when samples errored (else {SCORE_ERRORS_EXIT})",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device")
     p.add_argument("--dtype")
@@ -406,9 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     )
     if args.quiet:
-        from evalsuite.progress import set_enabled
+        from evalsuite.quiet import silence_progress_bars
 
-        set_enabled(False)
+        silence_progress_bars()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -45,7 +45,7 @@ def test_run_pipeline_then_score_its_images(tiny_dir, tmp_path, capsys):
 def test_bad_options_are_clear_errors(tiny_dir, tmp_path, capsys):
     assert main(["run", "--bench", "toy", "--model", str(tiny_dir / "flux"), "--option", "nope=1",
                  "--output-dir", str(tmp_path / "x")]) == 1
-    assert "does not take option(s) ['nope']" in capsys.readouterr().err
+    assert "toy does not take option 'nope' (takes: delay)" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         parse_options(["novalue"])
     assert parse_options(["mode=strict", "threshold=0.4", "flag=true"]) == {
@@ -76,7 +76,7 @@ def test_score_command_on_a_run_and_a_listing(tiny_dir, tmp_path, capsys):
     listing = tmp_path / "list.jsonl"
     listing.write_text('{"image": "w.png", "prompt": "white", "metadata": {"k": 1}}\n'
                        '{"image": "bad.png", "prompt": "broken"}\n')
-    assert main(["score", str(listing), "--reward", "brightness:1", "--output", str(out_file)]) == 0
+    assert main(["score", str(listing), "--reward", "brightness:1", "--output", str(out_file)]) == 3
     rows = [json.loads(x) for x in out_file.read_text().splitlines()]
     assert rows[0]["score"] == 1.0 and rows[1]["error"] and "'1'" in rows[1]["error"]
     captured = capsys.readouterr()
