@@ -11,6 +11,8 @@ from pathlib import Path
 
 # `evalsuite score`: the output is written, but some samples errored (a distinct code CI can gate on).
 SCORE_ERRORS_EXIT = 3
+# Commands that load diffusers pipelines outside DiffusersGenerator (-q must switch their bars off up front).
+PIPELINE_COMMANDS = frozenset({"train"})
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -423,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         from evalsuite.quiet import silence_progress_bars
 
-        silence_progress_bars()
+        silence_progress_bars(load_libraries=args.command in PIPELINE_COMMANDS)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

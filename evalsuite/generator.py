@@ -116,6 +116,11 @@ class DiffusersGenerator(Generator):
         from diffusers import DiffusionPipeline
 
         from evalsuite.hub_errors import loading
+        from evalsuite.progress import enabled as progress_enabled
+        from evalsuite.quiet import silence_progress_bars
+
+        if not progress_enabled():  # -q / EVALSUITE_PROGRESS=0 cover "Loading pipeline components" too
+            silence_progress_bars()
 
         with loading(model, "pipeline", "--model DIR"):
             pipe = DiffusionPipeline.from_pretrained(model, **dtype_kwarg(dtype), revision=revision)

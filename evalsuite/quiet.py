@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 
 from evalsuite.progress import set_enabled
 
@@ -19,10 +20,15 @@ _LIBRARY_SWITCHES = (
 )
 
 
-def silence_progress_bars() -> None:
-    """Turn off every progress bar for the rest of the process (libraries not installed are skipped)."""
+def silence_progress_bars(*, load_libraries: bool = False) -> None:
+    """Turn off every progress bar for the rest of the process.
+
+    Libraries already imported are switched now; ``load_libraries`` imports the others to switch them too
+    (for commands that load pipelines anyway: it costs seconds otherwise). Without it, huggingface_hub and
+    transformers imported later still read the environment variable; diffusers has none."""
     set_enabled(False)
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # also read by subprocesses and late imports
     for module, switch in _LIBRARY_SWITCHES:
-        if importlib.util.find_spec(module.partition(".")[0]) is not None:
+        root = module.partition(".")[0]
+        if root in sys.modules or (load_libraries and importlib.util.find_spec(root) is not None):
             getattr(importlib.import_module(module), switch)()
