@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,28 +97,35 @@ def _failing_id(exc: BaseException, model: str) -> str:
     return model
 
 
+class _Hold(logging.Filter):
+    """Keeps back one handler's records from the loading thread, to replay them if the load succeeds."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.handler, self.thread, self.held = handler, threading.get_ident(), []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
+        self.held.append(record)
+        return False
+
+
 @contextlib.contextmanager
 def _held_library_logs() -> Iterator[None]:
-    """Hold diffusers/transformers log records (e.g. "Couldn't connect to the Hub") until the load
-    succeeded; a failed load is reported once, by our own line."""
-    held: list[logging.LogRecord] = []
-
-    class Hold(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            held.append(record)
-
-    hold = Hold()
-    loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
-    saved = [lg.handlers[:] for lg in loggers]
-    for lg in loggers:
-        lg.handlers = [hold]
+    """Hold diffusers/transformers log lines (e.g. "Couldn't connect to the Hub") until the load succeeded;
+    a failed load is reported once, by our own line. Filters, not swapped handlers: safe across threads."""
+    holds = [_Hold(h) for name in _LIBRARY_LOGGERS for h in logging.getLogger(name).handlers]
+    for hold in holds:
+        hold.handler.addFilter(hold)
     try:
         yield
     finally:
-        for lg, handlers in zip(loggers, saved):  # keep handlers a library added while loading
-            lg.handlers = [*handlers, *(h for h in lg.handlers if h is not hold and h not in handlers)]
-    for record in held:  # reached only on success
-        logging.getLogger(record.name).handle(record)
+        for hold in holds:
+            hold.handler.removeFilter(hold)
+    for hold in holds:  # reached only on success
+        for record in hold.held:
+            hold.handler.handle(record)
 
 
 @contextlib.contextmanager

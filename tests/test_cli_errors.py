@@ -174,6 +174,34 @@ def test_hub_failures_are_classified(tmp_path):
     assert classify(RuntimeError("CUDA out of memory"), "a/b") is None  # not a loading problem: re-raised
 
 
+def test_library_log_lines_are_dropped_only_when_the_load_fails():
+    """diffusers' "Couldn't connect to the Hub" before our one line would make two; a good load keeps them."""
+    import logging
+
+    from evalsuite.errors import ModelLoadError
+    from evalsuite.hub_errors import loading
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        with loading("a/b", "pipeline", "--model DIR"):
+            logging.getLogger("diffusers.loader").warning("loaded with a note")
+        failing = loading("a/b", "pipeline", "--model DIR")
+        with pytest.raises(ModelLoadError, match="no such repository"), failing:
+            logging.getLogger("diffusers.loader").warning("Couldn't connect to the Hub")
+            raise OSError("a/b is not a valid model identifier listed on the Hub")
+        logging.getLogger("diffusers.loader").warning("after")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert seen == ["loaded with a note", "after"]
+
+
 # -- 6. a refused resume says which settings differ ---------------------------------------------------------
 def test_refused_resume_names_the_changed_settings(tmp_path, capsys):
     images = _toy_images(tmp_path / "imgs")
