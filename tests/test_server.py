@@ -555,7 +555,7 @@ def test_loopback_is_the_default():
     assert not is_loopback("0.0.0.0") and not is_loopback("") and not is_loopback("example.org")
     srv = RewardServer({"b": Brightness()}, port=0)
     try:
-        assert srv._httpd.server_address[0] == "127.0.0.1" and srv.url.startswith("http://127.0.0.1:")
+        assert srv.address[0] == "127.0.0.1" and srv.url.startswith("http://127.0.0.1:")
     finally:
         srv.close()
 
