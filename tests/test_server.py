@@ -279,3 +279,29 @@ def test_sigterm_stops_a_serving_process_cleanly():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_without_the_server_extra_says_which_extra(monkeypatch, capsys):
+    import logging
+    import sys
+
+    import evalsuite.server
+    from evalsuite.cli import main
+    from evalsuite.errors import MissingBackendError
+
+    def never(*args, **kwargs):
+        raise AssertionError("rewards were built before the missing extra was reported")
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
+    monkeypatch.setattr(evalsuite.server, "build_rewards", never)
+    with pytest.raises(MissingBackendError, match=r"pip install 'evalsuite\[server\]'"):
+        serve("brightness", port=0)
+    with pytest.raises(MissingBackendError, match="evalsuite serve"):
+        RewardServer({"b": Brightness()}, port=0)
+    level = logging.getLogger("evalsuite").level
+    try:
+        assert main(["serve", "--reward", "brightness", "--port", "0"]) == 1
+    finally:
+        logging.getLogger("evalsuite").setLevel(level)
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("evalsuite serve: error:") and "evalsuite[server]" in err

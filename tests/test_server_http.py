@@ -9,6 +9,10 @@ import http.client
 import io
 import json
 import math
+import socket
+import struct
+import time
+import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +23,7 @@ from evalsuite import ConfigError, Sample, UnknownNameError
 from evalsuite.images import MAX_PIXELS, ImageFailure
 from evalsuite.remote import RemoteReward, RemoteRewardError
 from evalsuite.server import RewardServer
-from evalsuite.wire import dumps, loads, to_wire
+from evalsuite.wire import PNG_SIGNATURE, SAMPLE_FIELDS, decode_image, dumps, loads, to_wire
 from rewards.brightness import Brightness
 from tests.server_support import (
     LIMIT,
@@ -203,3 +207,109 @@ def test_client_png_writer_is_lossless(size, level):
     assert np.array_equal(np.asarray(back), np.asarray(img))
     with pytest.raises(ValueError):
         encode_png(img.convert("L"))
+
+
+# -- timeouts and limits, on raw sockets -----------------------------------------------------------------
+def send_raw(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)  # every wait below ends by then
+    sock.sendall(data)
+    return sock
+
+
+def read_reply(sock: socket.socket) -> tuple[int, dict, dict]:
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, json.loads(resp.read()), dict(resp.getheaders())
+
+
+def post_head(length: int, path: str = "/score/brightness") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def test_truncated_body_gets_408_after_the_read_timeout():
+    with RewardServer({"brightness": Brightness()}, port=0, read_timeout_s=0.5) as srv:
+        start = time.monotonic()
+        with send_raw(srv.port, post_head(1000) + b'{"samples": [') as sock:
+            assert request(srv, "GET", "/health")[0] == 200  # the stalled client holds up nobody
+            status, reply, headers = read_reply(sock)
+            elapsed = time.monotonic() - start
+            assert status == 408 and "13 of 1000 bytes" in reply["error"]
+            assert "read_timeout_s" in reply["error"]
+            assert elapsed >= 0.5 and elapsed < 8  # the short timeout, not the old minute
+            assert headers.get("connection") == "close" and sock.recv(1) == b""
+        assert request(srv, "POST", "/score/brightness", b'{"samples": []}')[0] == 200
+
+
+def test_oversized_content_length_is_413_at_once_without_reading_the_body(server):
+    # 200 MB announced, nothing sent: the answer must not wait for a body that never comes
+    with send_raw(server.port, post_head(200_000_000)) as sock:
+        status, reply, _ = read_reply(sock)
+        assert status == 413 and "200000000 bytes" in reply["error"] and "max_body_bytes" in reply["error"]
+    # past what the server would read and drop for the client's sake: answered, then hung up
+    with send_raw(server.port, post_head(5 * 1024**3)) as sock:
+        status, reply, headers = read_reply(sock)
+        assert status == 413 and headers.get("connection") == "close" and sock.recv(1) == b""
+    assert request(server, "GET", "/health")[0] == 200
+
+
+def test_a_silent_connection_is_closed_after_the_read_timeout():
+    with RewardServer({"brightness": Brightness()}, port=0, read_timeout_s=0.5) as srv:
+        for opening in (b"", b"GET /hea"):  # nothing at all; half a request line
+            with send_raw(srv.port, opening) as sock:
+                assert sock.recv(1024) == b""  # the server hung up (the client would wait 10 s)
+        assert srv.health()["read_timeout_s"] == 0.5 and request(srv, "GET", "/health")[0] == 200
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header declaring ``width`` x ``height`` with no pixel data: a bomb's first bytes."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_image_over_the_pixel_limit_is_one_bad_sample(server):
+    bomb, good = png_declaring(20000, 20000), encoded(noise(12, 12, 3))
+    samples = [wire_sample("good", b64(good)), wire_sample("bomb", b64(bomb)), wire_sample("also", b64(good))]
+    status, reply = request(server, "POST", "/score/brightness", json.dumps({"samples": samples}).encode())
+    assert status == 200 and reply["errors"][0] is None and reply["errors"][2] is None
+    assert reply["errors"][1] == f"sample 'bomb': image 20000x20000 exceeds {MAX_PIXELS} pixels"
+    # through the client, whose own decoding meets the bomb first
+    batch = [Sample("a", "p", noise(8, 8, 0)), Sample("bomb", "p", bomb), Sample("c", "p", noise(8, 8, 1))]
+    out = RemoteReward(server.url, "brightness").score(batch)
+    assert out.applicable == [True, False, True] and "'bomb'" in out.errors[1] and "pixels" in out.errors[1]
+    local = Brightness().score([batch[0], batch[2]])
+    assert [out.scores[0], out.scores[2]] == local.scores
+
+
+def test_client_keeps_one_connection_alive_and_replaces_a_dropped_one(monkeypatch):
+    connects: list[int] = []
+    connect = http.client.HTTPConnection.connect
+
+    def counting(self) -> None:
+        connects.append(1)
+        connect(self)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", counting)
+    samples = [Sample("a", "p", noise(8, 8, 0))]
+    with RewardServer({"brightness": Brightness()}, port=0, read_timeout_s=1.5) as srv:
+        remote = RemoteReward(srv.url, "brightness")
+        for _ in range(3):
+            assert_same_output(Brightness().score(samples), remote.score(samples))
+        assert len(connects) == 1  # load() and three requests over one keep-alive connection
+        time.sleep(2.5)  # idle past read_timeout_s: the server closes it
+        assert_same_output(Brightness().score(samples), remote.score(samples))
+        assert len(connects) == 2
+
+
+def test_client_sample_json_is_standard_json():
+    remote = RemoteReward("http://127.0.0.1:1", "never-contacted")
+    image = noise(9, 7, 5)
+    sample = Sample("a", "p", image, metadata={"k": [1, 2.5]}, source_image=b"broken", seed=3, group="g")
+    body = remote._encode(sample, remote._encode_images([sample]))
+    back = json.loads(body)
+    assert set(back) == set(SAMPLE_FIELDS) and back["seed"] == 3 and back["group"] == "g"
+    assert np.array_equal(np.asarray(decode_image(back["image"], "image", "a")), np.asarray(image))
+    assert "'a'" in back["source_image"]["error"] and back["metadata"] == {"k": [1, 2.5]}
