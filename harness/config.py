@@ -180,6 +180,7 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int | None = 3
     resume: bool = True
+    resume_override: bool = False  # resume even with changed settings, recorded in the manifest's history
     log_samples_every: int = 1
     logged_samples: int = 8
     tensorboard: bool = True

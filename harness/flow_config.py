@@ -130,6 +130,7 @@ class FlowTrainConfig:
     save_every: int = 50
     keep_checkpoints: int | None = 3
     resume: bool = True
+    resume_override: bool = False  # resume even with changed settings, recorded in the manifest's history
     eval_every: int = 0  # 0 = never: ODE renders at eval_num_steps of eval_data, scored with eval_rewards
     eval_prompts: int = 8  # the first N rows of eval_data (null eval_data: of the training prompts)
     log_images_every: int = 10

@@ -50,12 +50,14 @@ from harness.checkpoint import (
     LATEST,
     TRAINER_STATE,
     latest_checkpoint,
+    load_state,
     restore_rng,
     write_checkpoint,
 )
 from harness.config import RewardsConfig, save_config
 from harness.flow_config import FlowTrainConfig, load_flow_config, validate_flow_config
 from harness.flow_policy import FlowPolicy, RefineRequest, Trajectory, choose_sde_steps, choose_train_steps
+from harness.resume import apply_optim_settings, check_resume
 from harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
 from harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
 from harness.train import (
@@ -484,9 +486,9 @@ def load_checkpoint(
         weights = load_file(str(_lm_weights_file(path)))
         set_peft_model_state_dict(accelerator.unwrap_model(lm_model), weights)
     for key, opt in optimizers.items():
-        opt.load_state_dict(torch.load(path / f"{key}.pt", weights_only=False))
+        opt.load_state_dict(load_state(path / f"{key}.pt"))
     if ema is not None and (path / "ema.pt").is_file():
-        ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False))
+        ema.load_state_dict(load_state(path / "ema.pt"))
     restore_rng(path, accelerator.process_index)
     return json.loads((path / TRAINER_STATE).read_text())
 
@@ -558,6 +560,7 @@ def train(
             f"images per rank ({per_rank * g.group_size}) must be divisible by grpo.minibatches"
         )
     out_dir = Path(config.out_dir)
+    history = check_resume(config, out_dir)  # before config.yaml is overwritten
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -629,11 +632,14 @@ def train(
             )
         for key, sched in schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
+            o = config.optim if key == "flow" else config.policy_optim
+            apply_optim_settings(optimizers[f"{key}_optimizer"], sched, o)
         if tracker is not None and state.get("tracker"):
             tracker.load_state_dict(state["tracker"])
     logger = MetricsLog(out_dir, config, start) if accelerator.is_main_process else None  # type: ignore[arg-type]
     if accelerator.is_main_process:
-        atomic_write_json(out_dir / "manifest.json", _manifest(config, reward_set, flow, lm, world))
+        manifest = _manifest(config, reward_set, flow, lm, world)
+        atomic_write_json(out_dir / "manifest.json", {**manifest, "history": history})
 
     # ---- the loop
     history: list[dict[str, Any]] = []
@@ -729,6 +735,7 @@ def train(
             state = {
                 "data_position": (step + 1) * g.prompts_per_step,
                 "world_size": world,
+                "config": config.to_dict(),
                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                 "tracker": tracker.state_dict() if tracker is not None else None,
             }

@@ -54,10 +54,12 @@ from harness.checkpoint import (
     LATEST,
     TRAINER_STATE,
     latest_checkpoint,
+    load_state,
     restore_rng,
     write_checkpoint,
 )
 from harness.config import DataConfig, SFTConfig, TrainConfig, load_config, save_config
+from harness.resume import apply_optim_settings, check_resume
 from harness.rewards import RewardSet, finite_stats
 from harness.rewriter import (
     ParsedCompletion,
@@ -357,8 +359,8 @@ def load_checkpoint(
         raise ConfigError(
             f"{path}: adapter does not match the configured LoRA ({result.unexpected_keys[:3]}…)"
         )
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    optimizer.load_state_dict(load_state(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_state(path / "scheduler.pt"))
     restore_rng(path, accelerator.process_index)
     return json.loads((path / TRAINER_STATE).read_text())
 
@@ -605,6 +607,7 @@ def train(
     check_engine(accelerator)
     validate(config, world)
     out_dir = Path(config.out_dir)
+    history = check_resume(config, out_dir)  # before config.yaml is overwritten
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -669,6 +672,7 @@ def train(
         state = load_checkpoint(
             ckpt, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator
         )
+        apply_optim_settings(optimizer, scheduler, config.optim)
         start = int(state["step"])
         if state["data_position"] != start * config.grpo.prompts_per_step:
             raise ConfigError(
@@ -679,7 +683,8 @@ def train(
             tracker.load_state_dict(state["tracker"])
     logger = MetricsLog(out_dir, config, start) if accelerator.is_main_process else None
     if accelerator.is_main_process:
-        atomic_write_json(out_dir / "manifest.json", _manifest(config, reward_set, generator, world))
+        manifest = _manifest(config, reward_set, generator, world)
+        atomic_write_json(out_dir / "manifest.json", {**manifest, "history": history})
 
     # ---- the loop
     per_rank = config.grpo.prompts_per_step // world
@@ -767,6 +772,7 @@ def train(
             state = {
                 "data_position": (step + 1) * config.grpo.prompts_per_step,
                 "world_size": world,
+                "config": config.to_dict(),
                 "tracker": tracker.state_dict() if tracker is not None else None,
             }
             last_ckpt = save_checkpoint(
