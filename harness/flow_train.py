@@ -579,7 +579,11 @@ def train(
     if not reward_set.needs_image:
         raise ConfigError("a flow run needs at least one image reward")
     eval_set = (
-        RewardSet(RewardsConfig(components=list(config.eval_rewards), normalize="none"), device=str(device))
+        RewardSet(
+            RewardsConfig(components=list(config.eval_rewards), normalize="none"),
+            device=str(device),
+            where="eval_rewards",
+        )
         if config.eval_rewards
         else None
     )

@@ -32,6 +32,7 @@ import torch
 from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
 from harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
+from harness.model_source import loading
 
 REWRITER_FILE = "rewriter.json"
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -580,10 +581,11 @@ def load_base_model(config: PolicyConfig, device: str | torch.device = "cpu", sf
     """(model, tokenizer): the base LM in ``config.dtype``, with an SFT adapter merged in if given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
-    model = AutoModelForCausalLM.from_pretrained(
-        config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
-    ).to(device)
+    with loading("policy.model", config.model):
+        tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
+        ).to(device)
     if sft_adapter is not None:
         from peft import PeftConfig, PeftModel
 

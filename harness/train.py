@@ -59,6 +59,7 @@ from harness.checkpoint import (
     write_checkpoint,
 )
 from harness.config import DataConfig, SFTConfig, TrainConfig, load_config, save_config
+from harness.model_source import loading
 from harness.resume import apply_optim_settings, check_resume
 from harness.rewards import RewardSet, finite_stats
 from harness.rewriter import (
@@ -625,18 +626,19 @@ def train(
         from evalsuite.generator import DiffusersGenerator
 
         gc = config.generator
-        generator = DiffusersGenerator.from_pretrained(
-            gc.model,
-            device=gc.device or device,
-            dtype=gc.dtype,
-            revision=gc.revision,
-            num_inference_steps=gc.num_inference_steps,
-            guidance_scale=gc.guidance_scale,
-            height=gc.height,
-            width=gc.width,
-            batch_size=gc.batch_size,
-            call_kwargs=gc.call_kwargs,
-        )
+        with loading("generator.model", gc.model):
+            generator = DiffusersGenerator.from_pretrained(
+                gc.model,
+                device=gc.device or device,
+                dtype=gc.dtype,
+                revision=gc.revision,
+                num_inference_steps=gc.num_inference_steps,
+                guidance_scale=gc.guidance_scale,
+                height=gc.height,
+                width=gc.width,
+                batch_size=gc.batch_size,
+                call_kwargs=gc.call_kwargs,
+            )
     if not reward_set.needs_image:
         generator = None  # nothing looks at images: do not spend time rendering them
 

@@ -38,6 +38,7 @@ from PIL import Image
 from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
 from harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
+from harness.model_source import loading
 from harness.rewriter import ParsedCompletion, _adapter_disabled, _end_token_ids, add_lora, parse_completion
 from rewards import _qwen_vl as qvl
 
@@ -493,10 +494,11 @@ def build_vl_policy(
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     qvl.check_pixel_budget(min_pixels, max_pixels)
-    processor = qvl.load_processor(config.model, config.revision)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
-    ).to(device)
+    with loading("policy.model", config.model):
+        processor = qvl.load_processor(config.model, config.revision)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
+        ).to(device)
     if lora:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # LoRA A matrices are random
