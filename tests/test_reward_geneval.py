@@ -283,6 +283,7 @@ def test_missing_or_bad_metadata_is_an_error_naming_the_sample(tiny, samples):
             {"class": "cat", "count": 1, "position": ["left of", 1]}, {"class": "dog", "count": 1}]}),
         replace(good, id="unknown-class", metadata={"tag": "single_object",
                                                     "include": [{"class": "mouse", "count": 1}]}),
+        replace(good, id="empty-include", metadata={"tag": "single_object", "include": []}),
     ]
     out = make_reward(tiny).score([good, *bad])
     assert out.applicable[0] and out.errors[0] is None
@@ -290,6 +291,7 @@ def test_missing_or_bad_metadata_is_an_error_naming_the_sample(tiny, samples):
         assert not out.applicable[k] and math.isnan(out.scores[k])
         assert repr(s.id) in out.errors[k], out.errors[k]
     assert "tag" in out.errors[2] and "include[0]" in out.errors[3] and "'mouse'" in out.errors[4]
+    assert "'include' is empty" in out.errors[5]
 
 
 def test_bad_options_are_config_errors(tiny):
