@@ -95,3 +95,19 @@ def test_evaluate_images_dir_with_a_bomb_scores_the_rest(tmp_path):
     err = rows.loc[samples[1].id, "error"]
     assert repr(samples[1].id) in err and str(bomb) in err and pd.isna(rows.loc[samples[1].id, "score"])
     assert rows["error"].isna().sum() == len(samples) - 1
+
+
+def test_remote_reward_reports_a_bomb_file_per_sample(tmp_path):
+    from evalsuite import get_reward
+    from evalsuite.remote import RemoteReward
+    from evalsuite.sample import Sample
+    from evalsuite.server import RewardServer
+
+    _good(tmp_path / "good.png", 200)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_with_header_size(20000, 20000))
+    with RewardServer({"brightness": get_reward("brightness")}, port=0) as srv:
+        out = RemoteReward(srv.url, "brightness").score(
+            [Sample("a", "x", tmp_path / "good.png"), Sample("b", "x", bomb)])
+    assert out.errors[0] is None and out.applicable[0]
+    assert "sample 'b'" in out.errors[1] and str(bomb) in out.errors[1] and "exceeds" in out.errors[1]
