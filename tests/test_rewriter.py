@@ -302,16 +302,19 @@ def test_shared_prompt_forward_equals_the_one_pass_forward(trained):
         grads = torch.autograd.grad((logp * m).sum(), params)
         return logp.detach(), torch.cat([g.flatten() for g in grads])
 
-    one, g_one = run(False)
-    shared, g_shared = run(True)
-    assert not torch.equal(one, shared)  # a different computation...
-    assert float((one - shared).abs()[m.bool()].max()) <= 1e-5  # ...of the same numbers
-    assert float((g_one - g_shared).abs().max()) <= 1e-5 * float(g_one.abs().max())
     calls = []
     hook = trained.model.register_forward_pre_hook(
         lambda mod, args, kwargs: calls.append(kwargs), with_kwargs=True
     )
     try:
+        one, g_one = run(False)
+        assert [c["input_ids"].shape[0] for c in calls] == [6]  # one pass over the whole rows
+        calls.clear()
+        shared, g_shared = run(True)
+        assert [c["input_ids"].shape[0] for c in calls] == [2, 6]  # a different computation...
+        calls.clear()
+        assert float((one - shared).abs()[m.bool()].max()) <= 1e-5  # ...of the same numbers
+        assert float((g_one - g_shared).abs().max()) <= 1e-5 * float(g_one.abs().max())
         completion_logprobs(trained.model, ro.input_ids, ro.attention_mask, ro.prompt_len, 1.0)
         assert [c["input_ids"].shape[0] for c in calls] == [2, 6]  # 2 distinct prompts, then 6 completions
         calls.clear()
