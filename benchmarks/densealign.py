@@ -47,7 +47,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from benchmarks.judges import PREFERENCES, Judgement, PairJudge
+from evalsuite.benchmarks.judges import PREFERENCES, Judgement, PairJudge
+
 from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
 from evalsuite.data import resolve
 from evalsuite.errors import ConfigError

@@ -1,16 +1,16 @@
 """T2I-CompBench (NeurIPS 2023) and its ++ numeracy category, scored with the official rules.
 
-Categories and scorers (rules in :mod:`benchmarks.t2i_compbench_rules`):
+Categories and scorers (rules in :mod:`evalsuite.benchmarks.t2i_compbench_rules`):
 
 ===========  =============================================================================================
-color,       BLIP-VQA (:class:`benchmarks.blip_vqa.BlipVQA`, ``Salesforce/blip-vqa-base``, HF's conversion
+color,       BLIP-VQA (:class:`.blip_vqa.BlipVQA`, ``Salesforce/blip-vqa-base``, HF's conversion
 shape,       of the official checkpoint): product over the prompt's noun chunks of P(yes), each written
 texture      with 4 decimals as the official JSON does (``official_rounding``).
 spatial      detector + the official ``2D_spatial_eval.py`` rule. The official detector is UniDet
              (RS200, ~700 classes); here it is the GenEval detector backend (Mask2Former, 80 COCO classes)
              or any detector you pass: nouns outside its vocabulary are never found, so the number is NOT
              comparable with published T2I-CompBench spatial scores unless you plug in UniDet.
-non_spatial  CLIP ViT-B/32 (OpenAI) raw cosine (:class:`rewards.clipscore.CLIPScore`).
+non_spatial  CLIP ViT-B/32 (OpenAI) raw cosine (:class:`evalsuite.rewards.clipscore.CLIPScore`).
 complex      "3-in-1": mean of BLIP-VQA and the spatial score (complex_val_spatial) or the CLIP score of
              the adjective-stripped prompt (complex_val_action), or of all three (the rest).
 numeracy     (T2I-CompBench++) detector + the official ``numeracy_eval.py`` rule (official: UniDet R50;
@@ -35,10 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from PIL import Image
-
-from benchmarks.blip_vqa import BlipVQA
-from benchmarks.t2i_compbench_rules import (
+from evalsuite.benchmarks.blip_vqa import BlipVQA
+from evalsuite.benchmarks.t2i_compbench_rules import (
     COMPLEX_KINDS,
     complex_key,
     complex_kind,
@@ -56,6 +54,8 @@ from benchmarks.t2i_compbench_rules import (
     three_in_one,
     unidet_input_size,
 )
+from PIL import Image
+
 from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
 from evalsuite.data import resolve
 from evalsuite.errors import ConfigError
@@ -160,13 +160,13 @@ class CompBenchDetection(Reward):
             self.objects = (list(singulars), list(plurals))
         spec = self.detector_spec
         if spec == "transformers":
-            from rewards.geneval import TransformersDetector
+            from evalsuite.rewards.geneval import TransformersDetector
 
             self.detector: Any = TransformersDetector(
                 self.model_id, revision=self.revision, device=self.device, dtype=self.dtype
             ).load()
         elif spec == "mmdet":
-            from rewards.geneval import OFFICIAL_MMDET_CONFIG, MMDetDetector
+            from evalsuite.rewards.geneval import OFFICIAL_MMDET_CONFIG, MMDetDetector
 
             config = None if self.model_id == self.default_model else self.model_id
             self.detector = MMDetDetector(
@@ -354,7 +354,7 @@ class T2ICompBench(Benchmark):
         if kind == "blip":
             return BlipVQA(**self._blip_args)
         if kind == "clip":
-            from rewards.clipscore import CLIPScore
+            from evalsuite.rewards.clipscore import CLIPScore
 
             args = dict(self._clip_args)
             model, pretrained = args.pop("model"), args.pop("pretrained")

@@ -16,11 +16,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from evalsuite.benchmarks import t2i_compbench_rules as rules
+from evalsuite.benchmarks.blip_vqa import BlipVQA, yes_probability
+from evalsuite.benchmarks.t2i_compbench_rules import (
+    attribute_score,
+    blip_questions,
+    format4,
+    parse,
+    pre_question,
+)
 from PIL import Image
 
-from benchmarks import t2i_compbench_rules as rules
-from benchmarks.blip_vqa import BlipVQA, yes_probability
-from benchmarks.t2i_compbench_rules import attribute_score, blip_questions, format4, parse, pre_question
 from evalsuite import Sample
 from evalsuite.errors import MissingBackendError
 from tests.reward_tester import CHECKS, RewardSpec

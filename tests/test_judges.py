@@ -14,9 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from PIL import Image
-
-from benchmarks.judges import (
+from evalsuite.benchmarks.judges import (
     API_KEY_ENV,
     JUDGE_PROMPT,
     LABEL_PROMPT_SUFFIX,
@@ -26,6 +24,8 @@ from benchmarks.judges import (
     make_judge,
     parse_answer,
 )
+from PIL import Image
+
 from evalsuite.errors import ConfigError
 
 

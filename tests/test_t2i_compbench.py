@@ -16,10 +16,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
-from benchmarks.t2i_compbench import CATEGORIES, CompBenchDetection, T2ICompBench
-from benchmarks.t2i_compbench_rules import (
+from evalsuite.benchmarks.t2i_compbench import CATEGORIES, CompBenchDetection, T2ICompBench
+from evalsuite.benchmarks.t2i_compbench_rules import (
     Tok,
     attribute_score,
     complex_key,
@@ -42,6 +40,8 @@ from benchmarks.t2i_compbench_rules import (
     three_in_one,
     unidet_input_size,
 )
+from PIL import Image
+
 from evalsuite import DiffusersGenerator, Sample
 from evalsuite.data import resolve
 from evalsuite.errors import ConfigError
@@ -412,7 +412,7 @@ def test_numeracy_scorer_with_the_real_object_list(data_dir) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from rewards.clip_models import write_tiny_open_clip
+    from evalsuite.rewards.clip_models import write_tiny_open_clip
 
     return write_tiny_open_clip(tmp_path_factory.mktemp("t2i_clip") / "b32", "ViT-B-32", seed=0)
 

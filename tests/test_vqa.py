@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from evalsuite.benchmarks.vqa import CallableVQA, QwenYesNoVQA, decide, describe_vqa, get_vqa
 from PIL import Image
 
-from benchmarks.vqa import CallableVQA, QwenYesNoVQA, decide, describe_vqa, get_vqa
 from evalsuite.errors import ConfigError
 
 QUESTIONS = ["Is there a cabbage?", "Is the truck red?", "Are there eight cabbages?", "Is it morning?",
