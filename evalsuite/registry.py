@@ -38,8 +38,8 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "geneval": "evalsuite.rewards.geneval:GenEvalReward",
         "editreward": "evalsuite.rewards.editreward:EditReward",
         "remote": "evalsuite.remote:RemoteReward",
-        "blip_vqa": "evalsuite.benchmarks.blip_vqa:BlipVQA",
-        "t2i_compbench_detection": "evalsuite.benchmarks.t2i_compbench:CompBenchDetection",
+        "blip_vqa": "evalsuite.rewards.blip_vqa:BlipVQA",
+        "t2i_compbench_detection": "evalsuite.rewards.compbench_detection:CompBenchDetection",
     },
     "benchmarks": {
         "geneval": "evalsuite.benchmarks.geneval:GenEval",
