@@ -203,8 +203,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             f"({res['skipped']} not comparable)"
         )
         return 0
-    from evalsuite.benchmarks.densealign import compare_runs
-    from evalsuite.benchmarks.judges import make_judge
+    from evalsuite.benchmarks.densealign_compare import compare_runs
+    from evalsuite.rewards.judges import make_judge
 
     if args.judge == "local":
         opts = {"device": args.device, "dtype": args.dtype, "mode": args.mode}

@@ -10,27 +10,25 @@ import math
 import threading
 
 import pytest
-from evalsuite.benchmarks.densealign import (
-    LOG_NAME,
-    DenseAlignBench,
+from evalsuite.benchmarks.densealign import DenseAlignBench, prompt_id
+from evalsuite.benchmarks.densealign_compare import LOG_NAME, compare_runs, load_run, pair_id
+from evalsuite.benchmarks.densealign_rules import (
     binomial_two_sided_p,
     chi2_independence,
-    compare_runs,
-    load_run,
     net_ci_bootstrap,
     net_ci_normal,
     outcome_of,
-    pair_id,
     pairwise_stats,
     position_bias,
-    prompt_id,
     swap_for,
 )
-from evalsuite.benchmarks.judges import Judgement, LocalQwenJudge, OpenAIJudge, PairJudge
+from evalsuite.rewards.judge_local import LocalQwenJudge
+from evalsuite.rewards.judges import OpenAIJudge
 from PIL import Image, ImageStat
 
 from evalsuite import ConfigError, DiffusersGenerator, Sample, UnknownNameError
 from evalsuite.evaluate import evaluate
+from evalsuite.scorer import Judgement, PairJudge
 from evalsuite.store import JsonlLog
 from tests.test_judges import FakeChatServer, decode_images, status, verdict
 

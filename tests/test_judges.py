@@ -14,16 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from evalsuite.benchmarks.judges import (
-    API_KEY_ENV,
-    JUDGE_PROMPT,
-    LABEL_PROMPT_SUFFIX,
-    AnswerParseError,
-    LocalQwenJudge,
-    OpenAIJudge,
-    make_judge,
-    parse_answer,
-)
+from evalsuite.rewards.judge_local import LocalQwenJudge
+from evalsuite.rewards.judge_protocol import JUDGE_PROMPT, LABEL_PROMPT_SUFFIX, AnswerParseError, parse_answer
+from evalsuite.rewards.judges import API_KEY_ENV, OpenAIJudge, make_judge
 from PIL import Image
 
 from evalsuite.errors import ConfigError

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from evalsuite.benchmarks.vqa import QwenYesNoVQA
+from evalsuite.rewards.vqa import QwenYesNoVQA
 from PIL import Image
 
 ROUNDS = 2

@@ -1,5 +1,8 @@
 """Yes/no visual question answering backends for question-graph benchmarks (DPG-Bench).
 
+The backend contract (:class:`evalsuite.scorer.VQABackend`) is in the scorer contracts; benchmarks get a
+backend through the registry: ``get_scorer("vqa", spec, **options)`` calls :func:`get_vqa`.
+
 A backend is anything with ``answer(images, questions) -> list[str]``: ``images[i]`` is asked
 ``questions[i]``, one answer string per pair, batched however the backend likes. A benchmark counts an answer
 as yes by its own rule (DPG-Bench official: exactly ``"yes"``). ``describe()`` (optional) says what produced
@@ -29,41 +32,19 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from PIL import Image
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
+from evalsuite.scorer import check_pairs
 
 DEFAULT_PROMPT = "{question} Please answer yes or no."
 YES_WORDS = ("Yes", "yes")
 NO_WORDS = ("No", "no")
 VISION_END = "<|vision_end|>"
-
-
-@runtime_checkable
-class VQABackend(Protocol):
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
-        """One answer per (image, question) pair."""
-        ...
-
-
-def describe_vqa(backend: Any) -> dict[str, Any]:
-    """``backend.describe()`` if it has one, else its class name: always names ``vqa`` and ``vqa_model``."""
-    desc = dict(backend.describe()) if hasattr(backend, "describe") else {}
-    desc.setdefault("vqa", f"{type(backend).__module__}.{type(backend).__qualname__}")
-    desc.setdefault("vqa_model", None)
-    return desc
-
-
-def check_pairs(images: Sequence[Any], questions: Sequence[str]) -> None:
-    if len(images) != len(questions):
-        raise ValueError(f"VQA: {len(images)} images but {len(questions)} questions (one image per question)")
-    for q in questions:
-        if not isinstance(q, str):
-            raise TypeError(f"VQA: questions must be str, got {type(q).__name__}")
 
 
 def decide(yes_logit: float, no_logit: float) -> str:
