@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.geneval_prompts import TAGS
+from evalsuite.benchmarks.geneval_prompts import TAGS
+
 from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
 from evalsuite.data import resolve
 from evalsuite.sample import Sample

@@ -4,7 +4,7 @@ T2I-CompBench's non-spatial category (``CLIPScore_eval/CLIP_similarity.py``) loa
 preprocesses with resize-shortest-side-224 (bicubic) + centre crop + OpenAI mean/std, L2-normalises both
 embeddings and reports their dot product: no ×100 logit scale and no ×2.5 / clamp-at-0 (that is Hessel et
 al.'s reference-free CLIPScore, a different number). ``variant="ViT-L-14"`` gives the same cosine with the
-OpenAI ViT-L-14 that GenEval's colour test uses. Both load through open_clip (see ``rewards.clip_models``
+OpenAI ViT-L-14 that GenEval's colour test uses. Both load through open_clip (see ``clip_models``
 for the QuickGELU fix that makes open_clip 3.x build OpenAI's network).
 
 Text: T2I-CompBench calls ``clip.tokenize(prompt)`` without ``truncate=True``, so a prompt over 77 tokens
@@ -21,11 +21,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from evalsuite.rewards.clip_models import (
+    encode_images,
+    encode_texts,
+    load_open_clip,
+    local_model_dir,
+    tokenize,
+)
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
-from rewards.clip_models import encode_images, encode_texts, load_open_clip, local_model_dir, tokenize
 
 __all__ = ["VARIANTS", "CLIPScore", "clipscore"]
 
@@ -48,8 +54,8 @@ class CLIPScore(Reward):
 
     ``variant``: ``"ViT-B-32"`` (default, T2I-CompBench) or ``"ViT-L-14"``, both OpenAI weights.
     ``model``: instead, any open_clip architecture name (with ``pretrained``: a tag or a checkpoint file),
-    or a folder in open_clip's ``local-dir`` layout (e.g. :func:`rewards.clip_models.write_tiny_open_clip`).
-    ``quick_gelu``: None follows the pretrained tag (see :func:`rewards.clip_models.load_open_clip`).
+    or a folder in open_clip's ``local-dir`` layout (e.g. :func:`.clip_models.write_tiny_open_clip`).
+    ``quick_gelu``: None follows the pretrained tag (see :func:`.clip_models.load_open_clip`).
     """
 
     name = "clipscore"

@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from evalsuite.rewards import _qwen_vl as qvl
 from torch import nn
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
-from rewards import _qwen_vl as qvl
 
 REWARD_TOKEN = "<|Reward|>"
 EDITREWARD_PIXELS = 256 * 28 * 28  # the official min_pixels = max_pixels

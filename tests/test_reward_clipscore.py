@@ -13,12 +13,8 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from evalsuite import Sample, get_reward
-from evalsuite.errors import ConfigError
-from rewards import clip_models
-from rewards.clip_models import (
+from evalsuite.rewards import clip_models
+from evalsuite.rewards.clip_models import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     encode_texts,
@@ -27,7 +23,11 @@ from rewards.clip_models import (
     write_tiny_open_clip,
     zero_shot_classifier,
 )
-from rewards.clipscore import VARIANTS, CLIPScore, clipscore
+from evalsuite.rewards.clipscore import VARIANTS, CLIPScore, clipscore
+from PIL import Image
+
+from evalsuite import Sample, get_reward
+from evalsuite.errors import ConfigError
 from tests.reward_tester import CHECKS, RewardSpec
 
 LONG = "a red cube " * 30  # 90 BPE tokens + <|startoftext|> + <|endoftext|> = 92 > 77
