@@ -54,7 +54,7 @@ class CLIPScore(Reward):
 
     ``variant``: ``"ViT-B-32"`` (default, T2I-CompBench) or ``"ViT-L-14"``, both OpenAI weights.
     ``model``: instead, any open_clip architecture name (with ``pretrained``: a tag or a checkpoint file),
-    or a folder in open_clip's ``local-dir`` layout (e.g. :func:`.clip_models.write_tiny_open_clip`).
+    or a folder in open_clip's ``local-dir`` layout (e.g. ``evalsuite.tiny.open_clip.write_tiny_open_clip``).
     ``quick_gelu``: None follows the pretrained tag (see :func:`.clip_models.load_open_clip`).
     """
 
