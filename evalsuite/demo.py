@@ -19,9 +19,9 @@ def run_demo(
     from evalsuite.benchmarks.geneval_prompts import generate_suite, to_jsonl
     from evalsuite.generator import DiffusersGenerator
     from evalsuite.leaderboard import add_run
-    from evalsuite.rewards.clip_models import write_tiny_open_clip
     from evalsuite.store import atomic_write_text
     from evalsuite.tiny import write_tiny
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     out = Path(out_dir)
     tiny = write_tiny(out / "tiny", names=["flux", "mask2former"], seed=seed, overwrite=False)

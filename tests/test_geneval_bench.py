@@ -33,7 +33,7 @@ def test_generator_reproduces_the_official_prompt_file(data_dir):
 
 @pytest.fixture(scope="module")
 def tiny_geneval(tiny_dir, tmp_path_factory):
-    from evalsuite.rewards.clip_models import write_tiny_open_clip
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     clip = write_tiny_open_clip(tmp_path_factory.mktemp("oc") / "clip", "ViT-L-14", seed=0)
     return {"detector_model": str(tiny_dir / "mask2former"), "clip_model": str(clip),

@@ -21,12 +21,24 @@ KNOWN_CROSSINGS = {"geneval_prompts.py: evalsuite.rewards.geneval",
                    "geneval_prompts.py: evalsuite.rewards.geneval.GENEVAL_OBJECT_NAMES"}
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (function-level imports included), made absolute."""
+def _nodes(tree: ast.AST, *, into_functions: bool) -> list[ast.AST]:
+    """Every node of ``tree``; without ``into_functions``, only what runs when the module is imported."""
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(child for child in ast.iter_child_nodes(node)
+                     if into_functions or not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+    return found
+
+
+def imported_modules(path: Path, *, module_level_only: bool = False) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included unless
+    ``module_level_only``), made absolute."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = "evalsuite" if path.parent.name == "evalsuite" else f"evalsuite.{path.parent.name}"
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _nodes(tree, into_functions=not module_level_only):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -69,6 +81,32 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     (pkg / "sample.py").write_text("def f():\n    from .rewards import pickscore\n    import harness.train\n")
     found = imported_modules(pkg / "sample.py")
     assert {"evalsuite.rewards", "harness.train"} <= found
+
+
+def test_the_module_level_walk_skips_function_bodies_only(tmp_path):
+    pkg = tmp_path / "tiny"
+    pkg.mkdir()
+    (pkg / "w.py").write_text("import torch\nclass A:\n    from ..rewards import clipscore\n"
+                              "def f():\n    from evalsuite.rewards import pickscore\n")
+    found = imported_modules(pkg / "w.py", module_level_only=True)
+    assert {"torch", "evalsuite.rewards.clipscore"} <= found
+    assert "evalsuite.rewards.pickscore" not in found
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "rewards").glob("*.py")), ids=lambda p: p.name)
+def test_rewards_import_no_other_room_nor_the_tiny_kit(path):
+    """A reward file holds the reward: tiny-checkpoint writers, benchmarks and trainers live elsewhere."""
+    banned = ("evalsuite.tiny", "evalsuite.benchmarks", "evalsuite.harness")
+    found = sorted(m for m in imported_modules(path) if m.startswith(banned) or m.split(".")[0] in ROOMS)
+    assert not found, f"rewards/{path.name} imports {found}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "evalsuite" / "tiny").glob("*.py")), ids=lambda p: p.name)
+def test_tiny_kit_imports_no_reward_at_module_level(path):
+    """The tiny kit reaches a reward's format constants by "module:attr" string at call time."""
+    found = sorted(m for m in imported_modules(path, module_level_only=True)
+                   if m.startswith("evalsuite.rewards") or m.split(".")[0] == "rewards")
+    assert not found, f"evalsuite/tiny/{path.name} imports {found} at module level"
 
 
 def test_rooms_are_not_top_level_packages_after_install(tmp_path):

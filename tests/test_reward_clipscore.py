@@ -20,7 +20,6 @@ from evalsuite.rewards.clip_models import (
     encode_texts,
     load_open_clip,
     tokenize,
-    write_tiny_open_clip,
     zero_shot_classifier,
 )
 from evalsuite.rewards.clipscore import VARIANTS, CLIPScore, clipscore
@@ -28,6 +27,7 @@ from PIL import Image
 
 from evalsuite import Sample, get_reward
 from evalsuite.errors import ConfigError
+from evalsuite.tiny.open_clip import write_tiny_open_clip
 from tests.reward_tester import CHECKS, RewardSpec
 
 LONG = "a red cube " * 30  # 90 BPE tokens + <|startoftext|> + <|endoftext|> = 92 > 77

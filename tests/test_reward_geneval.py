@@ -45,9 +45,8 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from evalsuite.rewards.clip_models import write_tiny_open_clip
-
     from evalsuite.tiny import write_tiny
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     root = tmp_path_factory.mktemp("geneval-tiny")
     m2f = write_tiny(root, names=["mask2former"], seed=0)["mask2former"]

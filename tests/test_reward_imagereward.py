@@ -23,17 +23,16 @@ from evalsuite.rewards.imagereward import (
     SCORE_STD,
     ImageReward,
     ImageRewardModel,
-    convert_imagereward_state_dict,
-    map_official_key,
     normalize_score,
     preprocess_images,
     tokenize_prompts,
-    write_tiny_imagereward,
 )
+from evalsuite.rewards.imagereward_checkpoint import convert_imagereward_state_dict, map_official_key
 from PIL import Image
 
 from evalsuite import Sample, get_reward
 from evalsuite.errors import ConfigError
+from evalsuite.tiny.imagereward import write_tiny_imagereward
 from tests.reward_tester import CHECKS, RewardSpec
 
 LONG_PROMPT = "a photo of a cat sitting on a red chair next to a dog, " * 4  # 56 word pieces: truncated

@@ -414,7 +414,7 @@ def test_numeracy_scorer_with_the_real_object_list(data_dir) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from evalsuite.rewards.clip_models import write_tiny_open_clip
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     return write_tiny_open_clip(tmp_path_factory.mktemp("t2i_clip") / "b32", "ViT-B-32", seed=0)
 

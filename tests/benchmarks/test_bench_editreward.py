@@ -45,7 +45,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_er(tmp_path_factory):
-    from evalsuite.rewards.editreward import write_tiny_editreward
+    from evalsuite.tiny.editreward import write_tiny_editreward
 
     return write_tiny_editreward(tmp_path_factory.mktemp("editreward-bench"), seed=0)
 

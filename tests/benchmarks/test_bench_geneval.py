@@ -29,9 +29,8 @@ META = {"tag": "color_attr", "include": [{"class": "vase", "count": 1, "color": 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from evalsuite.rewards.clip_models import write_tiny_open_clip
-
     from evalsuite.tiny import write_tiny
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     root = tmp_path_factory.mktemp("geneval-bench")
     return {"m2f": str(write_tiny(root, names=["mask2former"], seed=0)["mask2former"]),
