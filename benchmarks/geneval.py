@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.geneval_prompts import TAGS
+from evalsuite.benchmarks.geneval_prompts import TAGS
+
 from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
 from evalsuite.data import resolve
 from evalsuite.errors import ConfigError
@@ -27,8 +28,8 @@ METADATA_FILE = "geneval/evaluation_metadata.jsonl"
 def read_metadata(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metadata file in GenEval's schema, each validated (a record that asks for nothing,
     or for a class the detector does not know, would be scored wrongly without a word)."""
-    from rewards.geneval import GENEVAL_OBJECT_NAMES
-    from rewards.geneval_rules import validate_metadata
+    from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES
+    from evalsuite.rewards.geneval_rules import validate_metadata
 
     records = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):

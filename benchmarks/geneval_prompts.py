@@ -102,7 +102,7 @@ def generate_suite(
 ) -> list[dict[str, Any]]:
     """GenEval-schema prompts: all single objects, then ``per_task`` of each other tag, de-duplicated."""
     if classes is None:
-        from rewards.geneval import GENEVAL_OBJECT_NAMES
+        from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES
 
         classes = GENEVAL_OBJECT_NAMES
     s = _Sampler(np.random.default_rng(seed), classes)

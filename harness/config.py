@@ -136,7 +136,7 @@ class SFTConfig:
 
 @dataclass
 class GRPOSettings:
-    """GRPO hyper-parameters (names follow harness.grpo)."""
+    """GRPO hyper-parameters (names follow evalsuite.harness.grpo)."""
 
     group_size: int = 4
     prompts_per_step: int = 8  # global, over all ranks; each rank takes a whole-group share

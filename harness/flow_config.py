@@ -2,7 +2,7 @@
 
 One ``FlowTrainConfig`` per run; ``mode`` picks what is trained:
 - "flow": Flow-GRPO on a FLUX.1-dev (or FLUX.1-Kontext) LoRA, prompts as given;
-- "promptrl": the prompt rewriter (harness.rewriter) and the flow LoRA together from one reward and one
+- "promptrl": the prompt rewriter (rewriter.py) and the flow LoRA together from one reward and one
   group-relative advantage; ``promptrl.prompt_only`` freezes the flow model;
 - "promptloop": a frozen flow model whose conditioning a multimodal LM refines at chosen denoising steps.
 Sections reuse the rewriter's dataclasses (rewards, data, GRPO settings, optimizer, LM policy).
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalsuite.errors import ConfigError
-from harness.config import (
+from evalsuite.harness.config import (
     DataConfig,
     GRPOSettings,
     OptimConfig,
@@ -26,6 +25,8 @@ from harness.config import (
     from_dict,
     read_recipe,
 )
+
+from evalsuite.errors import ConfigError
 
 MODES = ("flow", "promptrl", "promptloop")
 

@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig
+from evalsuite.harness.model_source import loading
+from evalsuite.harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
 from PIL import Image
 
 from evalsuite.errors import ConfigError
 from evalsuite.images import to_rgb
 from evalsuite.reward import resolve_dtype
-from harness.flow_config import FlowLoraSettings, FlowPolicyConfig
-from harness.model_source import loading
-from harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from evalsuite.harness.checkpoint import TRAINER_STATE, latest_checkpoint
+from evalsuite.harness.config import from_dict
 
 from evalsuite.errors import ConfigError
-from harness.checkpoint import TRAINER_STATE, latest_checkpoint
-from harness.config import from_dict
 
 # Dotted config keys that may change on resume, and why that is safe: none of them changes what a
 # training step computes, only how long the run goes on, where it is and what it reports.
 RESUMABLE: dict[str, str] = {
-    "steps": "extends or shortens the run; the LR schedule does not depend on it (harness.train._Warmup)",
+    "steps": "extends or shortens the run; the LR schedule does not depend on it (train._Warmup)",
     "out_dir": "where the run folder is (it may have been moved or mounted elsewhere)",
     "resume": "true whenever a checkpoint is resumed",
     "resume_override": "only says whether other changes are allowed",

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from evalsuite.harness.config import RewardsConfig, RewardSpec
+from evalsuite.harness.rewriter import ParsedCompletion, count_words
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward
 from evalsuite.sample import Sample
-from harness.config import RewardsConfig, RewardSpec
-from harness.rewriter import ParsedCompletion, count_words
 
 BUILTIN_COMPONENTS = ("format", "length")
 NORMALIZATIONS = ("batch", "none")

@@ -1,7 +1,7 @@
 """GRPO training of a RePrompt-style prompt rewriter. One file, read top to bottom.
 
-    python -m harness.train --config harness/recipes/geneval.yaml [--set grpo.beta=0.01 ...]
-    accelerate launch -m harness.train --config ...        # DDP, or DeepSpeed ZeRO-1/2 (FSDP/ZeRO-3 refused)
+    python -m evalsuite.harness.train --config harness/recipes/geneval.yaml [--set grpo.beta=0.01 ...]
+    accelerate launch -m evalsuite.harness.train --config ... # DDP, DeepSpeed ZeRO-1/2 (FSDP/ZeRO-3 refused)
 
 One step:
   1. take the step's prompts (a pure function of the step: resume needs no data-loader state); each rank
@@ -12,8 +12,8 @@ One step:
   3. parse them (malformed → the original prompt), render the rendered prompts with the frozen generator
      (one batched call for all the rank's groups), score each image against the ORIGINAL prompt and its
      metadata, add the format and length rewards;
-  4. gather the components from all ranks, normalize and combine them (harness.rewards), compute
-     group-relative advantages (harness.grpo);
+  4. gather the components from all ranks, normalize and combine them (evalsuite.harness.rewards), compute
+     group-relative advantages (evalsuite.harness.grpo);
   5. for each inner epoch and minibatch: recompute log-probs (first minibatch: the on-policy self-test
      against the recorded ones, ratio == 1), clipped surrogate + k3 KL, accumulate over micro-batches,
      clip, step;
@@ -41,15 +41,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from evalsuite.errors import ConfigError, EvalsuiteError
-from evalsuite.generator import GenerationRequest
-from evalsuite.reward import resolve_dtype
-from evalsuite.sample import Sample
-from evalsuite.seeding import derive_seed
-from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text, jsonable
-from harness import grpo
-from harness.checkpoint import (
+from evalsuite.harness import grpo
+from evalsuite.harness.checkpoint import (
     CHECKPOINTS,
     LATEST,
     TRAINER_STATE,
@@ -58,11 +51,11 @@ from harness.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
-from harness.config import DataConfig, SFTConfig, TrainConfig, load_config, save_config
-from harness.model_source import loading
-from harness.resume import apply_optim_settings, check_resume
-from harness.rewards import RewardSet, finite_stats
-from harness.rewriter import (
+from evalsuite.harness.config import DataConfig, SFTConfig, TrainConfig, load_config, save_config
+from evalsuite.harness.model_source import loading
+from evalsuite.harness.resume import apply_optim_settings, check_resume
+from evalsuite.harness.rewards import RewardSet, finite_stats
+from evalsuite.harness.rewriter import (
     ParsedCompletion,
     RewriterPolicy,
     Rollout,
@@ -73,6 +66,13 @@ from harness.rewriter import (
     format_completion,
     save_rewriter,
 )
+
+from evalsuite.errors import ConfigError, EvalsuiteError
+from evalsuite.generator import GenerationRequest
+from evalsuite.reward import resolve_dtype
+from evalsuite.sample import Sample
+from evalsuite.seeding import derive_seed
+from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text, jsonable
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -336,7 +336,7 @@ def save_checkpoint(
     keep: int | None,
 ) -> Path:
     """Adapter (+ the SFT adapter it sits on), optimizer, scheduler and trainer state, atomically
-    (harness.checkpoint: a kill at any moment leaves the previous checkpoint as ``latest``)."""
+    (evalsuite.harness.checkpoint: a kill at any moment leaves the previous checkpoint as ``latest``)."""
 
     def write(tmp: Path) -> None:
         save_rewriter(tmp, policy, accelerator.unwrap_model(model), step=step, sft_adapter=sft_adapter)
@@ -940,7 +940,8 @@ def _manifest(config: TrainConfig, reward_set: RewardSet, generator: Any, world:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness.train", description="GRPO training of a prompt rewriter")
+    parser = argparse.ArgumentParser(prog="evalsuite.harness.train",
+                                     description="GRPO training of a prompt rewriter")
     parser.add_argument("--config", required=True, help="YAML recipe (harness/recipes/*.yaml)")
     parser.add_argument(
         "--set",

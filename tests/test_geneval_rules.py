@@ -9,8 +9,7 @@ centre at (5, 5). Default thresholds: 0.3 (strictly greater), counting 0.9, max 
 from __future__ import annotations
 
 import pytest
-
-from rewards.geneval_rules import (
+from evalsuite.rewards.geneval_rules import (
     Thresholds,
     box_iou,
     color_requests,
@@ -399,7 +398,7 @@ def test_validate_metadata_names_the_problem(meta, message):
 def test_validate_metadata_accepts_every_official_record(data_dir):
     import json
 
-    from rewards.geneval import GENEVAL_OBJECT_NAMES
+    from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES
 
     names = [line.strip() for line in (data_dir / "geneval" / "object_names.txt").read_text().splitlines()]
     assert tuple(names) == GENEVAL_OBJECT_NAMES

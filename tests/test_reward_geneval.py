@@ -1,6 +1,6 @@
 """GenEval detector reward on tiny checkpoints: shared tester, independent parity, backends, plumbing.
 
-Parity reference (independent of rewards.geneval): the HF Mask2Former + image processor run here per
+Parity reference (independent of evalsuite.rewards.geneval): the HF Mask2Former + image processor run here per
 image, ``post_process_instance_segmentation`` called here, boxes taken from the masks here, colours from
 open_clip called here (mask onto #999 with numpy, crop, encode, 3-template zero-shot weights built by
 hand), and a small re-implementation of the official / Flow-GRPO rule for the tags used.
@@ -20,11 +20,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES, GenEvalReward, TransformersDetector, crop_object
 from PIL import Image, ImageDraw
 
 from evalsuite import Sample
 from evalsuite.errors import ConfigError, MissingBackendError
-from rewards.geneval import GENEVAL_OBJECT_NAMES, GenEvalReward, TransformersDetector, crop_object
 from tests.reward_tester import CHECKS, RewardSpec
 
 THRESHOLDS = {"threshold": 0.0083, "counting_threshold": 0.0082}
@@ -46,7 +46,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from evalsuite.tiny import write_tiny
-    from rewards.clip_models import write_tiny_open_clip
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     root = tmp_path_factory.mktemp("geneval-tiny")
     m2f = write_tiny(root, names=["mask2former"], seed=0)["mask2former"]
@@ -71,7 +71,7 @@ IMAGES = [picture((64, 48), 0), picture((48, 64), 1), picture((40, 40), 2), pict
 
 
 class Reference:
-    """Detections, colours and the rule, computed here without rewards.geneval."""
+    """Detections, colours and the rule, computed here without evalsuite.rewards.geneval."""
 
     def __init__(self, tiny):
         import open_clip

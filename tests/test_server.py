@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.brightness import LUMA, Brightness
+from evalsuite.rewards.multi import MultiReward
 from PIL import Image
 
 from evalsuite import ConfigError, Reward, RewardOutput, Sample, Score, UnknownNameError
@@ -36,8 +38,6 @@ from evalsuite.server import (
     serve,
     to_wire,
 )
-from rewards.brightness import LUMA, Brightness
-from rewards.multi import MultiReward
 from tests.reward_tester import CHECKS, RewardSpec, bad_inputs
 
 LIMIT = 256 * 1024  # max_body_bytes of the shared test server

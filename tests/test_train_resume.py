@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from evalsuite.harness.config import OptimConfig
 
 from evalsuite.errors import ConfigError
-from harness.config import OptimConfig
 from tests.test_flow_train import make_config as make_flow_config
 from tests.test_train import make_config
 
@@ -95,7 +95,7 @@ def test_resume_override_applies_the_new_values_and_records_them(tiny_dir, tmp_p
 
 
 def test_flow_resume_refuses_changes_and_override_sets_the_optimizer_lr(tiny_dir, tmp_path, monkeypatch):
-    from harness import flow_train
+    from evalsuite.harness import flow_train
 
     cfg = make_flow_config(tmp_path / "flow", tiny_dir, steps=2, save_every=1, optim=OptimConfig(lr=1e-4))
     flow_train.train(cfg)
@@ -135,7 +135,7 @@ class _Payload:
 
 
 def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_never_runs(tiny_dir, tmp_path):
-    from harness.train import train
+    from evalsuite.harness.train import train
 
     out = tmp_path / "run"
     train(make_config(out, tiny_dir / "qwen2-lm", steps=1, save_every=1, sft__steps=0))
@@ -161,7 +161,7 @@ def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_never_runs(tiny_d
 
 
 def test_a_flow_checkpoint_with_a_pickled_ema_is_refused(tiny_dir, tmp_path):
-    from harness import flow_train
+    from evalsuite.harness import flow_train
 
     base = make_flow_config(tmp_path / "flow", tiny_dir, steps=1, save_every=1)
     cfg = replace(base, flow=replace(base.flow, ema=True))
