@@ -28,9 +28,9 @@ METADATA_FILE = "geneval/evaluation_metadata.jsonl"
 def read_metadata(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metadata file in GenEval's schema, each validated (a record that asks for nothing,
     or for a class the detector does not know, would be scored wrongly without a word)."""
-    from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES
-    from evalsuite.rewards.geneval_rules import validate_metadata
+    from evalsuite.registry import registry
 
+    check_metadata = registry.get("rewards", "geneval").check_metadata
     records = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -38,7 +38,7 @@ def read_metadata(path: str | Path) -> list[dict[str, Any]]:
         where = f"{path} line {n} (prompt {len(records):05d})"
         try:
             record = json.loads(line)
-            validate_metadata(record, GENEVAL_OBJECT_NAMES)
+            check_metadata(record)
         except ValueError as e:  # json.JSONDecodeError is a ValueError too
             raise ConfigError(f"{where}: invalid GenEval metadata: {e}") from None
         if not isinstance(record.get("prompt"), str):

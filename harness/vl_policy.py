@@ -42,9 +42,9 @@ from evalsuite.harness.rewriter import (
     add_lora,
     parse_completion,
 )
-from evalsuite.rewards import _qwen_vl as qvl
 from PIL import Image
 
+from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
 

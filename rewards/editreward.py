@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evalsuite.rewards import _qwen_vl as qvl
 from torch import nn
 
+from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample

@@ -379,6 +379,12 @@ class GenEvalReward(Reward):
     default_model = "facebook/mask2former-swin-small-coco-instance"
     required_metadata = ("tag", "include")
     backend = "transformers"
+    object_names = GENEVAL_OBJECT_NAMES  # the detector's vocabulary: benchmarks read it by registered name
+
+    @staticmethod
+    def check_metadata(metadata: dict[str, Any]) -> None:
+        """Raise ``ValueError`` naming the problem when ``metadata`` is not a scorable GenEval record."""
+        validate_metadata(metadata, GENEVAL_OBJECT_NAMES)
 
     def __init__(
         self,

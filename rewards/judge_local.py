@@ -51,7 +51,7 @@ class LocalQwenJudge(PairJudge):
         min_pixels: int | None = None,
         max_pixels: int | None = None,
     ) -> None:
-        from evalsuite.rewards import _qwen_vl as qvl
+        from evalsuite import qwen_vl as qvl
 
         if mode not in LOCAL_MODES:
             raise ConfigError(f"LocalQwenJudge mode must be one of {LOCAL_MODES}, got {mode!r}")
@@ -121,7 +121,7 @@ class LocalQwenJudge(PairJudge):
         return self._processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
 
     def fit(self, image: Image.Image) -> Image.Image:
-        from evalsuite.rewards import _qwen_vl as qvl
+        from evalsuite import qwen_vl as qvl
 
         return qvl.fit_image(image.convert("RGB"), self.min_pixels, self.max_pixels)
 

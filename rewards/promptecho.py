@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from evalsuite.rewards import _qwen_vl as qvl
 
+from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample

@@ -93,7 +93,7 @@ class QwenYesNoVQA:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
     ) -> None:
-        from evalsuite.rewards import _qwen_vl as qvl
+        from evalsuite import qwen_vl as qvl
 
         if batch_size < 1:
             raise ConfigError(f"QwenYesNoVQA: batch_size must be >= 1, got {batch_size}")
@@ -126,8 +126,9 @@ class QwenYesNoVQA:
     def load(self) -> QwenYesNoVQA:
         if self._loaded:
             return self
-        from evalsuite.rewards import _qwen_vl as qvl
         from transformers import Qwen2_5_VLForConditionalGeneration
+
+        from evalsuite import qwen_vl as qvl
 
         self._processor = qvl.load_processor(self.model_id, self.revision)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
@@ -172,8 +173,9 @@ class QwenYesNoVQA:
     def _prefix_cache(self, images: Sequence[Image.Image]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
                                                                      torch.Tensor, torch.Tensor]:
         """Run system turn + image once per image: ((keys, values) per layer, prefix mask, next position)."""
-        from evalsuite.rewards import _qwen_vl as qvl
         from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        from evalsuite import qwen_vl as qvl
 
         dev = self.device
         fitted = [qvl.fit_image(im, self.min_pixels, self.max_pixels) for im in images]
@@ -198,8 +200,9 @@ class QwenYesNoVQA:
     @torch.inference_mode()
     def yes_no_logits(self, images: Sequence[Image.Image], questions: Sequence[str]) -> torch.Tensor:
         """``[N, 2]`` float32: (max yes-token logit, max no-token logit) at the first answer position."""
-        from evalsuite.rewards import _qwen_vl as qvl
         from transformers import DynamicCache
+
+        from evalsuite import qwen_vl as qvl
 
         check_pairs(images, questions)
         self.load()

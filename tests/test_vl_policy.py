@@ -23,8 +23,9 @@ from evalsuite.harness.vl_policy import (
     resolve_vl_prompting,
     vl_policy_config,
 )
-from evalsuite.rewards import _qwen_vl as qvl
 from PIL import Image
+
+from evalsuite import qwen_vl as qvl
 
 MAX_PIXELS = 16 * 28 * 28  # at most 16 image tokens per row: fast, and different sizes differ in tokens
 PROMPTS = ["a cat", "two dogs on a red sofa in the rain, seen from above", "a blue cube"]
