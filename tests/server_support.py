@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 import torch
+from evalsuite.rewards.brightness import LUMA, Brightness
+from evalsuite.rewards.multi import MultiReward
 from PIL import Image
 
 from evalsuite import Reward, RewardOutput, Sample, Score
 from evalsuite.server import RewardServer
-from rewards.brightness import LUMA, Brightness
-from rewards.multi import MultiReward
 from tests.reward_tester import bad_inputs
 
 LIMIT = 256 * 1024  # max_body_bytes of the shared test server

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from evalsuite.rewards.brightness import Brightness
+from evalsuite.rewards.multi import MultiReward
 from PIL import Image
 
 from evalsuite import ConfigError, Sample
@@ -24,8 +26,6 @@ from evalsuite.server import (
     is_loopback,
     serve,
 )
-from rewards.brightness import Brightness
-from rewards.multi import MultiReward
 from tests.reward_tester import CHECKS, RewardSpec
 from tests.server_support import (
     LOCAL,

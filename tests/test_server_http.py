@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from evalsuite.rewards.brightness import Brightness
 from PIL import Image
 
 from evalsuite import ConfigError, Sample, UnknownNameError
@@ -24,7 +25,6 @@ from evalsuite.images import MAX_PIXELS, ImageFailure
 from evalsuite.remote import RemoteReward, RemoteRewardError
 from evalsuite.server import RewardServer
 from evalsuite.wire import PNG_SIGNATURE, SAMPLE_FIELDS, decode_image, dumps, loads, to_wire
-from rewards.brightness import Brightness
 from tests.server_support import (
     LIMIT,
     assert_same_output,
