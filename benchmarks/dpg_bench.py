@@ -4,7 +4,8 @@ Protocol (TencentQQGYLab/ELLA ``dpg_bench/compute_dpg_bench.py`` + ``dist_eval.s
 each answered separately by a VQA model (official: mPLUG-large), dependency zeroing, quadrant score = mean
 over questions, item score = mean over quadrants, DPG-Bench = mean item score x 100, plus L1/L2 category
 tables. The rules, and exactly where ``mode="official"`` (the script's quirks, bit for bit) and
-``mode="corrected"`` differ, are in ``benchmarks.dpg_rules``; the VQA backends in ``benchmarks.vqa``.
+``mode="corrected"`` differ, are in ``dpg_rules``; the VQA backends in
+``evalsuite.rewards.vqa``, reached through the registry (scorer ``vqa``).
 
 Images. The official layout is one 2x2 grid ``<id>.png`` per prompt, cut into R x R quadrants
 (``--resolution R``, quadrant k = top-left, top-right, bottom-left, bottom-right, ``--pic-num`` of them).
@@ -29,15 +30,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evalsuite.benchmarks import dpg_rules as rules
 from PIL import Image
 
-from benchmarks import dpg_rules as rules
-from benchmarks.vqa import describe_vqa, get_vqa
 from evalsuite.benchmark import Benchmark, PromptRecord, safe_name, split_sample_id
 from evalsuite.data import data_file, digest, resolve
 from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.images import to_rgb
+from evalsuite.registry import get_scorer
 from evalsuite.sample import Sample
+from evalsuite.scorer import describe_vqa
 from evalsuite.store import atomic_save_image
 
 PROMPTS_KEY = "dpg_bench/prompts.jsonl"
@@ -171,7 +173,7 @@ class DPGBench(Benchmark):
         }
         if vqa_model is not None:
             options["model"] = str(vqa_model)
-        self.vqa = get_vqa(vqa, **options)
+        self.vqa = get_scorer("vqa", vqa, **options)
         self._graph: rules.Graph | None = None
 
     # -- description ----------------------------------------------------------------------------------

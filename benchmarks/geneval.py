@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.geneval_prompts import TAGS
+from evalsuite.benchmarks.geneval_prompts import TAGS
+
 from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
 from evalsuite.data import resolve
+from evalsuite.errors import ConfigError
 from evalsuite.sample import Sample
 from evalsuite.store import atomic_write_text
 
@@ -24,8 +26,25 @@ METADATA_FILE = "geneval/evaluation_metadata.jsonl"
 
 
 def read_metadata(path: str | Path) -> list[dict[str, Any]]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    """The records of a metadata file in GenEval's schema, each validated (a record that asks for nothing,
+    or for a class the detector does not know, would be scored wrongly without a word)."""
+    from evalsuite.registry import registry
+
+    check_metadata = registry.get("rewards", "geneval").check_metadata
+    records = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n} (prompt {len(records):05d})"
+        try:
+            record = json.loads(line)
+            check_metadata(record)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError too
+            raise ConfigError(f"{where}: invalid GenEval metadata: {e}") from None
+        if not isinstance(record.get("prompt"), str):
+            raise ConfigError(f"{where}: invalid GenEval metadata: needs a 'prompt' string")
+        records.append(record)
+    return records
 
 
 class GenEval(Benchmark):
@@ -56,7 +75,7 @@ class GenEval(Benchmark):
     ) -> None:
         """``metadata``: another file in GenEval's schema (e.g. a generated training set) instead of the
         official prompts. ``mode``: the rule (``official``, ``strict``, ``partial``; see
-        :mod:`rewards.geneval_rules`). Thresholds (and ``test_scale``, ``revision``) left at None are the
+        :mod:`evalsuite.rewards.geneval_rules`). Thresholds (and ``test_scale``, ``revision``) left at None are the
         reward's defaults (the official ones); each is a named option so a misspelled one is an error."""
         from evalsuite.registry import get_reward
 

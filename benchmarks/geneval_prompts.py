@@ -102,9 +102,9 @@ def generate_suite(
 ) -> list[dict[str, Any]]:
     """GenEval-schema prompts: all single objects, then ``per_task`` of each other tag, de-duplicated."""
     if classes is None:
-        from rewards.geneval import GENEVAL_OBJECT_NAMES
+        from evalsuite.registry import registry
 
-        classes = GENEVAL_OBJECT_NAMES
+        classes = registry.get("rewards", "geneval").object_names
     s = _Sampler(np.random.default_rng(seed), classes)
     items = s.single_objects(len(classes))
     items += [s.two_objects() for _ in range(per_task)]

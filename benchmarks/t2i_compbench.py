@@ -1,16 +1,18 @@
 """T2I-CompBench (NeurIPS 2023) and its ++ numeracy category, scored with the official rules.
 
-Categories and scorers (rules in :mod:`benchmarks.t2i_compbench_rules`):
+Categories and scorers (rewards reached by registry name; their rules are in
+:mod:`evalsuite.rewards.compbench_rules`, the benchmark's own in :mod:`.t2i_compbench_rules`):
 
 ===========  =============================================================================================
-color,       BLIP-VQA (:class:`benchmarks.blip_vqa.BlipVQA`, ``Salesforce/blip-vqa-base``, HF's conversion
+color,       BLIP-VQA (reward ``blip_vqa``, ``Salesforce/blip-vqa-base``, HF's conversion
 shape,       of the official checkpoint): product over the prompt's noun chunks of P(yes), each written
 texture      with 4 decimals as the official JSON does (``official_rounding``).
-spatial      detector + the official ``2D_spatial_eval.py`` rule. The official detector is UniDet
+spatial      detector (reward ``t2i_compbench_detection``) + the official ``2D_spatial_eval.py`` rule.
+             The official detector is UniDet
              (RS200, ~700 classes); here it is the GenEval detector backend (Mask2Former, 80 COCO classes)
              or any detector you pass: nouns outside its vocabulary are never found, so the number is NOT
              comparable with published T2I-CompBench spatial scores unless you plug in UniDet.
-non_spatial  CLIP ViT-B/32 (OpenAI) raw cosine (:class:`rewards.clipscore.CLIPScore`).
+non_spatial  CLIP ViT-B/32 (OpenAI) raw cosine (reward ``clipscore``).
 complex      "3-in-1": mean of BLIP-VQA and the spatial score (complex_val_spatial) or the CLIP score of
              the adjective-stripped prompt (complex_val_action), or of all three (the rest).
 numeracy     (T2I-CompBench++) detector + the official ``numeracy_eval.py`` rule (official: UniDet R50;
@@ -31,38 +33,30 @@ five lines of it on 2025-09-03 (see the data README).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any
 
-from PIL import Image
-
-from benchmarks.blip_vqa import BlipVQA
-from benchmarks.t2i_compbench_rules import (
+from evalsuite.benchmarks.t2i_compbench_rules import (
     COMPLEX_KINDS,
     complex_key,
     complex_kind,
-    dedup_detections,
     image_name,
-    numeracy_score,
-    numeracy_targets,
-    parse,
     parse_new_objects,
     prompt_lines,
     remove_adjectives,
-    scale_box,
-    spacy_nlp,
-    spatial_score,
     three_in_one,
-    unidet_input_size,
 )
+
 from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
 from evalsuite.data import resolve
 from evalsuite.errors import ConfigError
-from evalsuite.reward import Reward, RewardOutput, Score
+from evalsuite.nlp import parse, spacy_nlp
+from evalsuite.registry import get_reward
+from evalsuite.reward import Reward, RewardOutput
 from evalsuite.sample import Sample
 
-__all__ = ["CATEGORIES", "COLOR_VERSIONS", "CompBenchDetection", "T2ICompBench"]
+__all__ = ["CATEGORIES", "COLOR_VERSIONS", "T2ICompBench"]
 
 ATTRIBUTE = ("color", "shape", "texture")
 CATEGORIES: tuple[str, ...] = (*ATTRIBUTE, "spatial", "non_spatial", "complex", "numeracy")
@@ -78,11 +72,7 @@ _PREFIX = "t2i_compbench/"
 _NEW_OBJECTS = f"{_PREFIX}new_objects.txt"
 _COMPLEX_SPATIAL = f"{_PREFIX}complex_val_spatial.txt"
 _COMPLEX_ACTION = f"{_PREFIX}complex_val_action.txt"
-# COCO's own spellings of three classes the GenEval backend renames: a prompt noun matches either
-_COCO_SPELLING = {"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard"}
 _UNSAFE_IN_NAMES = str.maketrans({"/": " ", "\0": " "})  # POSIX forbids only these in a file name
-
-Detections = dict[str, list[dict[str, Any]]]  # label -> [{"box": [x0, y0, x1, y1], "score": s}, ...]
 
 
 def _val_key(category: str, color_version: str) -> str:
@@ -91,166 +81,6 @@ def _val_key(category: str, color_version: str) -> str:
 
 def _read(key: str, data_dir: str | None) -> str:
     return resolve(key, data_dir).read_text(encoding="utf-8")
-
-
-# -- detector-based scores (spatial, complex spatial, numeracy) ---------------------------------------------
-class CompBenchDetection(Reward):
-    """T2I-CompBench's detector scores: ``task`` = ``spatial``, ``complex_spatial`` or ``numeracy``.
-
-    ``detector``: ``"transformers"`` / ``"mmdet"`` (the GenEval backends, ``model`` = their model id or
-    config) or your own object with ``detect(images, min_score) -> [{label: [{"box", "score"}, ...]}]``
-    (e.g. a UniDet wrapper; labels are matched to prompt nouns verbatim), or a plain callable
-    ``images -> same``. ``min_score``: detections kept above it (official 0.5). Boxes are mapped to UniDet's
-    input frame (shorter side 479) before the rule, so its 150-pixel threshold keeps its meaning.
-    ``objects``: (singulars, plurals) of ``new_objects.txt``, needed by ``numeracy``.
-    """
-
-    name = "t2i_compbench_detection"
-    default_model = "facebook/mask2former-swin-small-coco-instance"
-    backend = "transformers"
-    TASKS: ClassVar[tuple[str, ...]] = ("spatial", "complex_spatial", "numeracy")
-
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        task: str = "spatial",
-        detector: str | Any = "transformers",
-        checkpoint: str | None = None,
-        min_score: float = 0.5,
-        objects: tuple[Sequence[str], Sequence[str]]
-        | Callable[[], tuple[Sequence[str], Sequence[str]]]
-        | None = None,
-        official_frame: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        if task not in self.TASKS:
-            raise ConfigError(f"{self.name}: task must be one of {self.TASKS}, got {task!r}")
-        if isinstance(detector, str) and detector not in ("transformers", "mmdet"):
-            raise ConfigError(f"{self.name}: detector must be 'transformers', 'mmdet' or a detector object")
-        if task == "numeracy" and objects is None:
-            raise ConfigError(
-                f"{self.name}: numeracy needs objects=(singulars, plurals) from new_objects.txt"
-            )
-        super().__init__(model, **kwargs)
-        self.task = task
-        self.detector_spec = detector
-        self.backend = detector if isinstance(detector, str) else "custom"  # type: ignore[misc]
-        self.checkpoint = checkpoint
-        self.min_score = float(min_score)
-        self._objects_source = objects
-        self.official_frame = official_frame
-
-    def settings(self) -> dict[str, Any]:
-        custom = None if isinstance(self.detector_spec, str) else type(self.detector_spec).__name__
-        return {
-            "task": self.task,
-            "detector": self.backend,
-            "detector_object": custom,
-            "checkpoint": self.checkpoint,
-            "min_score": self.min_score,
-            "box_frame": "UniDet input (short side 479)" if self.official_frame else "image pixels",
-        }
-
-    def _load(self) -> None:
-        self.nlp = spacy_nlp()
-        if self._objects_source is not None:
-            src = self._objects_source
-            singulars, plurals = src() if callable(src) else src
-            self.objects = (list(singulars), list(plurals))
-        spec = self.detector_spec
-        if spec == "transformers":
-            from rewards.geneval import TransformersDetector
-
-            self.detector: Any = TransformersDetector(
-                self.model_id, revision=self.revision, device=self.device, dtype=self.dtype
-            ).load()
-        elif spec == "mmdet":
-            from rewards.geneval import OFFICIAL_MMDET_CONFIG, MMDetDetector
-
-            config = None if self.model_id == self.default_model else self.model_id
-            self.detector = MMDetDetector(
-                config or OFFICIAL_MMDET_CONFIG, self.checkpoint, device=self.device, dtype=self.dtype
-            ).load()
-        else:
-            self.detector = spec
-
-    def detect(self, images: Sequence[Image.Image]) -> list[Detections]:
-        if hasattr(self.detector, "detect"):
-            return self.detector.detect(images, self.min_score)
-        if callable(self.detector):
-            return self.detector(images)
-        raise ConfigError(f"{self.name}: detector {self.detector!r} has no detect() and is not callable")
-
-    def _frame(self, image: Image.Image) -> tuple[float, float]:
-        if not self.official_frame:
-            return 1.0, 1.0
-        w, h = unidet_input_size(image.width, image.height)
-        return w / image.width, h / image.height
-
-    def _score_batch(self, samples: list[Sample]) -> list[Score]:
-        found = self.detect([s.image for s in samples])
-        if len(found) != len(samples):
-            raise RuntimeError(
-                f"{self.name}: detector returned {len(found)} results for {len(samples)} images"
-            )
-        out = []
-        for s, dets in zip(samples, found):
-            sx, sy = self._frame(s.image)
-            flat = sorted(
-                (
-                    (str(label), scale_box(d["box"], sx, sy), float(d["score"]))
-                    for label, lst in dets.items()
-                    for d in lst
-                    if float(d["score"]) > self.min_score
-                ),
-                key=lambda t: -t[2],
-            )
-            tokens = parse(self.nlp, s.prompt).tokens
-            out.append(
-                self._numeracy(tokens, flat) if self.task == "numeracy" else self._spatial(s, tokens, flat)
-            )
-        return out
-
-    def _spatial(self, sample: Sample, tokens, flat) -> Score:
-        by_label: dict[str, list] = {}
-        for label, box, score in flat:
-            for name in {label, _COCO_SPELLING.get(label, label)}:
-                by_label.setdefault(name, []).append((box, score))
-        res = spatial_score(sample.prompt, tokens, by_label, complex_prompt=self.task == "complex_spatial")
-        return Score(
-            res.score,
-            {
-                "locality": res.locality,
-                "obj1": res.obj1,
-                "obj2": res.obj2,
-                "found1": res.found1,
-                "found2": res.found2,
-                "conf1": res.conf1,
-                "conf2": res.conf2,
-                "position": res.position,
-                "raw": res.raw,
-                "reason": res.reason,
-                "n_detections": len(flat),
-            },
-        )
-
-    def _numeracy(self, tokens, flat) -> Score:
-        singulars, plurals = self.objects  # type: ignore[misc]
-        objs, counts = numeracy_targets(tokens, singulars, plurals)
-        labels = dedup_detections((label, box) for label, box, _ in flat)
-        res = numeracy_score(objs, counts, labels)
-        return Score(
-            res.score,
-            {
-                "objects": res.objects,
-                "counts": res.counts,
-                "labels": res.labels,
-                "detected": res.detected,
-                "reason": res.reason,
-                "n_detections": len(flat),
-            },
-        )
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------
@@ -352,23 +182,22 @@ class T2ICompBench(Benchmark):
 
     def _make(self, kind: str) -> Reward:
         if kind == "blip":
-            return BlipVQA(**self._blip_args)
+            return get_reward("blip_vqa", **self._blip_args)
         if kind == "clip":
-            from rewards.clipscore import CLIPScore
-
             args = dict(self._clip_args)
             model, pretrained = args.pop("model"), args.pop("pretrained")
             if model is None and pretrained is None:
-                return CLIPScore(variant="ViT-B-32", **args)  # OpenAI ViT-B/32, as CLIP_similarity.py
-            return CLIPScore(model, pretrained=pretrained, **args)
+                # OpenAI ViT-B/32, as CLIP_similarity.py
+                return get_reward("clipscore", variant="ViT-B-32", **args)
+            return get_reward("clipscore", model=model, pretrained=pretrained, **args)
         if kind == "numeracy":
 
             def objects() -> tuple[list[str], list[str]]:
                 return parse_new_objects(_read(_NEW_OBJECTS, self._prompt_data_dir))
 
-            return CompBenchDetection(task="numeracy", objects=objects, **self._det_args)
+            return get_reward("t2i_compbench_detection", task="numeracy", objects=objects, **self._det_args)
         if kind in ("spatial", "complex_spatial"):
-            return CompBenchDetection(task=kind, **self._det_args)
+            return get_reward("t2i_compbench_detection", task=kind, **self._det_args)
         raise ConfigError(f"t2i_compbench: unknown scorer {kind!r}")
 
     def _scorer_kinds(self) -> list[str]:

@@ -209,8 +209,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             f"({res['skipped']} not comparable)"
         )
         return 0
-    from benchmarks.densealign import compare_runs
-    from benchmarks.judges import make_judge
+    from evalsuite.benchmarks.densealign_compare import compare_runs
+    from evalsuite.rewards.judges import make_judge
 
     if args.judge == "local":
         opts = {"device": args.device, "dtype": args.dtype, "mode": args.mode}
@@ -227,19 +227,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """Rewriter recipes run harness.train; flow recipes (a ``mode`` or ``flow`` key) harness.flow_train."""
+    """Rewriter recipes run harness/train.py; flow recipes (a ``mode`` or ``flow`` key) flow_train.py."""
     import yaml
 
-    from harness.flow_config import is_flow_config
+    from evalsuite.harness.flow_config import is_flow_config
 
     try:
         data = yaml.safe_load(Path(args.config).read_text())
     except (OSError, yaml.YAMLError):
         data = None  # the trainer reports the problem with its own message
     if is_flow_config(data):
-        from harness.flow_train import main as train_main
+        from evalsuite.harness.flow_train import main as train_main
     else:
-        from harness.train import main as train_main
+        from evalsuite.harness.train import main as train_main
 
     argv = ["--config", args.config, *[x for o in args.set or [] for x in ("--set", o)]]
     if args.out_dir:

@@ -15,13 +15,13 @@ NOTICE = ("tiny checkpoints with RANDOM weights: the images are noise and every 
 def run_demo(
     out_dir: str | Path, *, per_task: int = 2, images_per_prompt: int = 2, seed: int = 0
 ) -> RunResult:
-    from benchmarks.geneval import GenEval
-    from benchmarks.geneval_prompts import generate_suite, to_jsonl
+    from evalsuite.benchmarks.geneval import GenEval
+    from evalsuite.benchmarks.geneval_prompts import generate_suite, to_jsonl
     from evalsuite.generator import DiffusersGenerator
     from evalsuite.leaderboard import add_run
     from evalsuite.store import atomic_write_text
     from evalsuite.tiny import write_tiny
-    from rewards.clip_models import write_tiny_open_clip
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     out = Path(out_dir)
     tiny = write_tiny(out / "tiny", names=["flux", "mask2former"], seed=seed, overwrite=False)

@@ -5,6 +5,10 @@ batches exactly like an uninterrupted one and reproduces its numbers bit for bit
 recorded in an append-only log (``generated.rank<r>.jsonl``, ``scores.rank<r>.jsonl``); a restart skips
 recorded chunks and redoes only the chunk that was in flight. Under ``accelerate launch`` rank r takes
 chunks r, r+W, r+2W…; rank 0 aggregates once every rank is done.
+
+A rerun trusts no file blindly: an unreadable journal line is skipped (its samples are redone), and a
+generated image that has gone missing or broken is regenerated and rescored. One run per output folder
+(per rank) at a time: a second is refused (``run_lock``).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from typing import Any
 from evalsuite.benchmark import Benchmark
 from evalsuite.errors import ConfigError
 from evalsuite.generator import GenerationRequest, Generator
-from evalsuite.images import BadImageError, ImageFailure, to_rgb
+from evalsuite.images import BadImageError, ImageFailure, image_file_problem, to_rgb
 from evalsuite.manifest import build_manifest
 from evalsuite.progress import progress
+from evalsuite.run_lock import run_lock
 from evalsuite.sample import Sample
 from evalsuite.store import JsonlLog, atomic_save_image, atomic_write_json
 
@@ -95,16 +100,21 @@ def evaluate(
         "gen_batch_size": gen_batch_size,
         "score_batch_size": score_batch_size,
     }
-    _check_or_write_manifest(out, fingerprint, run_info or {}, rank)
-    if generator is not None:
-        if rank == 0:
-            benchmark.write_layout(out, records)
-        _generate(benchmark, generator, samples, out, gen_batch_size, rank, world_size, rewriter)
-    _score(benchmark, samples, image_root, out, score_batch_size, rank, world_size)
-    _wait_for_everyone(world_size)
-    if rank != 0:
-        return None
-    return _finish(benchmark, samples, image_root, out)
+    with run_lock(out, rank):
+        _check_or_write_manifest(out, fingerprint, run_info or {}, rank)
+        redo: set[str] = set()
+        if generator is not None:
+            if rank == 0:
+                benchmark.write_layout(out, records)
+            redo = _to_redo(benchmark, samples, out, (gen_batch_size, score_batch_size), rank, world_size)
+            _wait_for_everyone(world_size)  # every rank has checked the images before any is rewritten
+            _generate(benchmark, generator, samples, out, gen_batch_size, rank, world_size, rewriter, redo)
+            _wait_for_everyone(world_size)  # a rank may score images that another rank generated
+        _score(benchmark, samples, image_root, out, score_batch_size, rank, world_size, redo)
+        _wait_for_everyone(world_size)
+        if rank != 0:
+            return None
+        return _finish(benchmark, samples, image_root, out)
 
 
 def _check_or_write_manifest(out: Path, fingerprint: dict, run_info: dict, rank: int) -> None:
@@ -129,18 +139,42 @@ def _chunks(items: Sequence[Sample], size: int) -> list[list[Sample]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def _my_chunks(samples: Sequence[Sample], size: int, rank: int, world: int) -> list[list[Sample]]:
+    return [c for i, c in enumerate(_chunks(samples, size)) if i % world == rank]
+
+
+def _journal(out: Path, stem: str) -> list[dict[str, Any]]:
+    """Every rank's records of ``stem``, oldest first within each rank (so a redo outranks the original)."""
+    return [rec for path in sorted(out.glob(f"{stem}.rank*.jsonl")) for rec in JsonlLog(path)
+            if isinstance(rec.get("id"), str)]
+
+
 def _done_ids(out: Path, stem: str) -> set[str]:
-    done: set[str] = set()
-    for path in sorted(out.glob(f"{stem}.rank*.jsonl")):
-        for rec in JsonlLog(path):
-            done.add(rec["id"])
-    return done
+    return {rec["id"] for rec in _journal(out, stem)}
 
 
-def _generate(benchmark, generator, samples, out, batch_size, rank, world, rewriter=None) -> None:
-    done = _done_ids(out, "generated")
-    chunks = [c for i, c in enumerate(_chunks(samples, batch_size)) if i % world == rank]
-    todo = [c for c in chunks if any(s.id not in done for s in c)]
+def _to_redo(benchmark, samples, out: Path, sizes: tuple[int, ...], rank: int, world: int) -> set[str]:
+    """Ids this rank must (re)generate or rescore: never journaled as generated, or the image is missing
+    or broken (a cheap header check). Covers the samples this rank generates and those it scores."""
+    generated = _done_ids(out, "generated")
+    mine = {s.id: s for size in sizes for chunk in _my_chunks(samples, size, rank, world) for s in chunk}
+    redo = set()
+    for sid, s in mine.items():
+        if sid not in generated:
+            redo.add(sid)
+            continue
+        path = out / benchmark.image_path(s)
+        problem = image_file_problem(path)
+        if problem:
+            log.warning("%s: %s; regenerating and rescoring sample %r", path, problem, sid)
+            redo.add(sid)
+    return redo
+
+
+def _generate(benchmark, generator, samples, out, batch_size, rank, world, rewriter, redo: set[str]) -> None:
+    # A whole chunk is generated even for one missing image: batch composition can change an image's bits,
+    # and the chunk is what an uninterrupted run rendered together. Only the redone images are written.
+    todo = [c for c in _my_chunks(samples, batch_size, rank, world) if any(s.id in redo for s in c)]
     journal = JsonlLog(out / f"generated.rank{rank}.jsonl")
     for chunk in progress(todo, desc=f"generate {benchmark.name}", unit="batch"):
         rendered = [s.rendered_prompt for s in chunk]
@@ -149,10 +183,11 @@ def _generate(benchmark, generator, samples, out, batch_size, rank, world, rewri
         requests = [GenerationRequest(p, s.seed, s.source_image) for p, s in zip(rendered, chunk)]
         images = generator.generate(requests)
         for s, img in zip(chunk, images):
-            atomic_save_image(out / benchmark.image_path(s), img)
+            if s.id in redo:
+                atomic_save_image(out / benchmark.image_path(s), img)
         done_at = time.time()  # per-chunk timestamps: throughput without start-up, visible to users
         journal.append({"id": s.id, "seed": s.seed, "path": benchmark.image_path(s), "t": done_at,
-                        "rendered_prompt": p} for s, p in zip(chunk, rendered))
+                        "rendered_prompt": p} for s, p in zip(chunk, rendered) if s.id in redo)
 
 
 def _load_image(root: Path, benchmark: Benchmark, sample: Sample) -> Sample:
@@ -163,15 +198,16 @@ def _load_image(root: Path, benchmark: Benchmark, sample: Sample) -> Sample:
         return replace(sample, image=ImageFailure(str(e)))
 
 
-def _score(benchmark, samples, image_root, out, batch_size, rank, world) -> None:
-    done = _done_ids(out, "scores")
-    chunks = [c for i, c in enumerate(_chunks(samples, batch_size)) if i % world == rank]
-    todo = [c for c in chunks if any(s.id not in done for s in c)]
+def _score(benchmark, samples, image_root, out, batch_size, rank, world, redo: set[str]) -> None:
+    # Like generation, a whole chunk is scored together (a reward's batch can change its numbers); only
+    # the samples that had no valid score are journaled.
+    done = _done_ids(out, "scores") - redo
+    todo = [c for c in _my_chunks(samples, batch_size, rank, world) if any(s.id not in done for s in c)]
     journal = JsonlLog(out / f"scores.rank{rank}.jsonl")
     for chunk in progress(todo, desc=f"score {benchmark.name}", unit="batch"):
         loaded = [_load_image(image_root, benchmark, s) for s in chunk]
         records = benchmark.score(loaded)
-        journal.append({"id": s.id, **rec} for s, rec in zip(chunk, records))
+        journal.append({"id": s.id, **rec} for s, rec in zip(chunk, records) if s.id not in done)
 
 
 def _wait_for_everyone(world: int) -> None:
@@ -186,12 +222,8 @@ def _finish(benchmark: Benchmark, samples, image_root: Path, out: Path) -> RunRe
 
     from evalsuite.report import write_outputs
 
-    rendered = {rec["id"]: rec.get("rendered_prompt") for path in sorted(out.glob("generated.rank*.jsonl"))
-                for rec in JsonlLog(path)}
-    by_id: dict[str, dict] = {}
-    for path in sorted(out.glob("scores.rank*.jsonl")):
-        for rec in JsonlLog(path):
-            by_id.setdefault(rec["id"], rec)
+    rendered = {rec["id"]: rec.get("rendered_prompt") for rec in _journal(out, "generated")}
+    by_id = {rec["id"]: rec for rec in _journal(out, "scores")}  # the latest record: a rescore wins
     missing = [s.id for s in samples if s.id not in by_id]
     if missing:
         raise RuntimeError(f"{len(missing)} samples have no score (e.g. {missing[:3]}); rerun to finish")

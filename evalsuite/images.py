@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs well before PIL's own warning
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # every complete PNG ends with this empty IEND chunk
 
 
 class BadImageError(ValueError):
@@ -49,33 +50,75 @@ def to_rgb(image: Any, sample_id: str = "?") -> Image.Image:
         raise BadImageError(f"sample {sample_id!r}: no image")
     if isinstance(image, ImageFailure):
         raise BadImageError(image.message)
+    where = f"sample {sample_id!r}: "
     if isinstance(image, (bytes, bytearray, memoryview)):
-        image = _decode(bytes(image), sample_id)
+        image = _decode(bytes(image), where)
     elif isinstance(image, (str, os.PathLike)):
         try:
             with open(image, "rb") as f:
-                image = _decode(f.read(), sample_id)
+                data = f.read()
         except OSError as e:
-            raise BadImageError(f"sample {sample_id!r}: cannot read image file {image!s}: {e}") from e
+            raise BadImageError(f"{where}cannot read image file {image!s}: {e}") from e
+        where += f"image file {image!s}: "  # a listing's sample id is often just a line number
+        image = _decode(data, where)
     elif not isinstance(image, Image.Image):
         image = _from_array(image, sample_id)
 
-    w, h = image.size
-    if w == 0 or h == 0:
-        raise BadImageError(f"sample {sample_id!r}: image has zero size {w}x{h}")
-    if w * h > MAX_PIXELS:
-        raise BadImageError(f"sample {sample_id!r}: image {w}x{h} exceeds {MAX_PIXELS} pixels")
+    _check_size(image.size, where)
     return _as_rgb(image, sample_id)
 
 
-def _decode(data: bytes, sample_id: str) -> Image.Image:
+def _check_size(size: tuple[int, int], where: str) -> None:
+    w, h = size
+    if w == 0 or h == 0:
+        raise BadImageError(f"{where}image has zero size {w}x{h}")
+    if w * h > MAX_PIXELS:
+        raise BadImageError(f"{where}image {w}x{h} exceeds {MAX_PIXELS} pixels")
+
+
+def _decode(data: bytes, where: str) -> Image.Image:
+    """Decode encoded bytes; the size is checked from the header first, so a bomb is never decoded."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # lazy: reads the header only
+        _check_size(img.size, where)
         img.load()  # force full decode so truncated files fail here, not mid-batch
+    except Image.DecompressionBombError as e:  # PIL's own limit, hit in open() before our check
+        raise BadImageError(f"{where}image exceeds {MAX_PIXELS} pixels ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(e))  # no memory addresses: errors must be reproducible
-        raise BadImageError(f"sample {sample_id!r}: corrupt or truncated image bytes ({detail})") from e
+        if isinstance(e, BadImageError):
+            raise
+        raise BadImageError(f"{where}corrupt or truncated image bytes ({_detail(e)})") from e
     return img
+
+
+def _detail(error: BaseException) -> str:
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))  # no memory addresses: errors must be reproducible
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """Why the image file at ``path`` cannot be used (missing, empty, truncated…), or None if it looks whole.
+
+    Cheap enough to run over every image of a finished run: reads the header and, for PNG, the last
+    chunk (a truncated PNG loses its IEND); other formats get PIL's ``verify()``. Never decodes pixels.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            _check_size(img.size, "")
+            if img.format != "PNG":
+                img.verify()
+                return None
+        with open(path, "rb") as f:
+            f.seek(max(0, size - len(PNG_END)))
+            if f.read() != PNG_END:
+                return "truncated PNG (no IEND chunk at the end)"
+    except FileNotFoundError:
+        return "missing"
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"unreadable ({_detail(e)})"
+    return None
 
 
 def _from_array(array: Any, sample_id: str) -> Image.Image:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+from evalsuite.errors import ConfigError
+from evalsuite.store import atomic_write_json
+
+MANIFEST = "manifest.json"
 
 PACKAGES = (
     "evalsuite", "torch", "transformers", "diffusers", "accelerate", "peft", "open_clip_torch", "timm",
@@ -47,3 +54,17 @@ def build_manifest(**sections: Any) -> dict[str, Any]:
         "packages": package_versions(),
         "environment": environment(),
     }
+
+
+def check_or_write_manifest(out: Path, fingerprint: dict[str, Any], conflict: str, *, write: bool = True,
+                            **sections: Any) -> None:
+    """The resume guard: an output folder holds one fingerprint for life. A folder whose ``manifest.json``
+    has another fingerprint raises ``ConfigError(conflict)``; a new folder gets a manifest (if ``write``)."""
+    path = Path(out) / MANIFEST
+    if path.exists():
+        expected = json.loads(json.dumps(fingerprint, default=str))
+        if json.loads(path.read_text()).get("fingerprint") != expected:
+            raise ConfigError(conflict)
+        return
+    if write:
+        atomic_write_json(path, build_manifest(fingerprint=fingerprint, **sections))

@@ -2,8 +2,8 @@
 
 Entries are resolved lazily (``"module:attr"`` strings), so listing them costs no model imports
 and one broken plugin is reported by name without breaking the others. Third-party packages
-register through the entry-point groups ``evalsuite.rewards``, ``evalsuite.benchmarks`` and
-``evalsuite.generators``::
+register through the entry-point groups ``evalsuite.rewards``, ``evalsuite.benchmarks``,
+``evalsuite.generators`` and ``evalsuite.scorers``::
 
     [project.entry-points."evalsuite.rewards"]
     my_reward = "my_pkg.rewards:MyReward"
@@ -20,35 +20,40 @@ from typing import Any, Literal
 
 from evalsuite.errors import PluginError, UnknownNameError
 
-Kind = Literal["rewards", "benchmarks", "generators"]
-KINDS: tuple[Kind, ...] = ("rewards", "benchmarks", "generators")
+Kind = Literal["rewards", "benchmarks", "generators", "scorers"]
+KINDS: tuple[Kind, ...] = ("rewards", "benchmarks", "generators", "scorers")
 ENTRY_POINT_GROUPS: dict[Kind, str] = {kind: f"evalsuite.{kind}" for kind in KINDS}
 BUILTIN = "built-in"
 
 # Built-ins, by kind. Later modules add their own rows here (one line per reward/benchmark).
 BUILTINS: dict[Kind, dict[str, str]] = {
     "rewards": {
-        "brightness": "rewards.brightness:Brightness",
-        "multi": "rewards.multi:MultiReward",
-        "promptecho": "rewards.promptecho:PromptEcho",
-        "imagereward": "rewards.imagereward:ImageReward",
-        "pickscore": "rewards.pickscore:PickScore",
-        "clipscore": "rewards.clipscore:CLIPScore",
-        "ocr": "rewards.ocr:OCRReward",
-        "geneval": "rewards.geneval:GenEvalReward",
-        "editreward": "rewards.editreward:EditReward",
+        "brightness": "evalsuite.rewards.brightness:Brightness",
+        "multi": "evalsuite.rewards.multi:MultiReward",
+        "promptecho": "evalsuite.rewards.promptecho:PromptEcho",
+        "imagereward": "evalsuite.rewards.imagereward:ImageReward",
+        "pickscore": "evalsuite.rewards.pickscore:PickScore",
+        "clipscore": "evalsuite.rewards.clipscore:CLIPScore",
+        "ocr": "evalsuite.rewards.ocr:OCRReward",
+        "geneval": "evalsuite.rewards.geneval:GenEvalReward",
+        "editreward": "evalsuite.rewards.editreward:EditReward",
         "remote": "evalsuite.remote:RemoteReward",
-        "blip_vqa": "benchmarks.blip_vqa:BlipVQA",
-        "t2i_compbench_detection": "benchmarks.t2i_compbench:CompBenchDetection",
+        "blip_vqa": "evalsuite.rewards.blip_vqa:BlipVQA",
+        "t2i_compbench_detection": "evalsuite.rewards.compbench_detection:CompBenchDetection",
     },
     "benchmarks": {
-        "geneval": "benchmarks.geneval:GenEval",
-        "densealignbench": "benchmarks.densealign:DenseAlignBench",
-        "t2i_compbench": "benchmarks.t2i_compbench:T2ICompBench",
-        "dpg_bench": "benchmarks.dpg_bench:DPGBench",
+        "geneval": "evalsuite.benchmarks.geneval:GenEval",
+        "densealignbench": "evalsuite.benchmarks.densealign:DenseAlignBench",
+        "t2i_compbench": "evalsuite.benchmarks.t2i_compbench:T2ICompBench",
+        "dpg_bench": "evalsuite.benchmarks.dpg_bench:DPGBench",
     },
     "generators": {
         "diffusers": "evalsuite.generator:DiffusersGenerator",
+    },
+    # Model forwards that are not rewards (contracts in evalsuite.scorer): factories taking a spec.
+    "scorers": {
+        "vqa": "evalsuite.rewards.vqa:get_vqa",
+        "judge": "evalsuite.rewards.judges:make_judge",
     },
 }
 
@@ -196,6 +201,11 @@ def get_generator(name: str, /, *args: Any, **kwargs: Any):
     return factory.from_pretrained(*args, **kwargs) if hasattr(factory, "from_pretrained") else factory(
         *args, **kwargs
     )
+
+
+def get_scorer(name: str, /, *args: Any, **kwargs: Any):
+    """Build a non-reward scorer by registry name, e.g. ``get_scorer("judge", "local", device="cuda")``."""
+    return registry.get("scorers", name)(*args, **kwargs)
 
 
 def register_reward(name: str):

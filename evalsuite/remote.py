@@ -10,6 +10,8 @@ Differences from in-process, by necessity: ``details`` come back JSON-shaped (nu
 numbers and lists, unknown objects as their ``repr``); a sample whose metadata cannot be sent as JSON
 gets a per-sample error here instead of being scored. Requests are packed by ``batch_size`` samples
 and by the server's ``max_body_bytes``; per-group rewards never have a group split across requests.
+Each calling thread keeps one keep-alive connection. The wire format is ``evalsuite.wire``; this
+client needs no HTTP stack beyond the standard library (not the ``server`` extra).
 """
 
 from __future__ import annotations
@@ -19,21 +21,20 @@ import http.client
 import json
 import math
 import os
-import struct
-import zlib
+import select
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote, urlsplit
-
-import numpy as np
-from PIL import Image
+from urllib.parse import SplitResult, quote, urlsplit
 
 from evalsuite.errors import ConfigError, EvalsuiteError, UnknownNameError
 from evalsuite.images import BadImageError, to_rgb
 from evalsuite.reward import Reward, RewardOutput
 from evalsuite.sample import Sample
-from evalsuite.server import PNG_SIGNATURE, PROTOCOL, dumps, loads, to_wire
+from evalsuite.wire import PROTOCOL, decode_output, dumps, encode_png, loads, to_wire
+
+__all__ = ["RemoteReward", "RemoteRewardError", "decode_output", "encode_png", "merge_outputs"]
 
 _ENVELOPE = len(b'{"samples":[]}')
 
@@ -73,6 +74,7 @@ class RemoteReward(Reward):
             raise ConfigError(f"compress_level must be in 0..9, got {compress_level}")
         self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self._parts = parts
+        self._connections = _Connections(parts, timeout)
         self.name = name
         self.timeout = timeout
         self.compress_level = compress_level
@@ -120,7 +122,7 @@ class RemoteReward(Reward):
         return merge_outputs(len(samples), pieces, local_errors, self.info.get("reward", self.name))
 
     # -- encoding --------------------------------------------------------------------------------
-    def _encode_images(self, samples: list[Any]) -> dict[int, str | None]:
+    def _encode_images(self, samples: list[Any]) -> dict[int, bytes | None]:
         """Base64 PNG of every distinct image object (``None`` where it cannot be read), by ``id``.
 
         Each object is encoded once, so a source image shared by a whole GRPO group costs one
@@ -142,14 +144,14 @@ class RemoteReward(Reward):
                 pngs = list(pool.map(self._png, images))
         return dict(zip(distinct, pngs))
 
-    def _png(self, image: Any) -> str | None:
+    def _png(self, image: Any) -> bytes | None:
         try:
             rgb = to_rgb(image)
-        except (BadImageError, ValueError, TypeError):  # what Reward._validate turns into an error
+        except Exception:  # e.g. BadImageError, or PIL's bomb error on a huge header: one sample's error
             return None
-        return base64.b64encode(encode_png(rgb, self.compress_level)).decode("ascii")
+        return base64.b64encode(encode_png(rgb, self.compress_level))
 
-    def _encode(self, s: Any, pngs: dict[int, str | None]) -> bytes:
+    def _encode(self, s: Any, pngs: dict[int, bytes | None]) -> bytes:
         if not isinstance(s, Sample):
             raise _LocalError(f"expected a Sample, got {type(s).__name__}")
         if not isinstance(s.metadata, dict):
@@ -161,22 +163,26 @@ class RemoteReward(Reward):
             }
         except TypeError as e:
             raise _LocalError(f"sample {s.id!r}: cannot be sent to a remote reward: {e}") from None
-        fields["image"] = self._wire_image(s.image, s.id, pngs)
-        fields["source_image"] = self._wire_image(s.source_image, s.id, pngs)
-        return dumps(fields)
+        # The images are spliced in as they are: base64 needs no JSON escaping, and having the JSON
+        # encoder scan megabytes of it for escapes cost more than the HTTP transfer.
+        return b"".join((dumps(fields)[:-1], b',"image":', self._wire_image(s.image, s.id, pngs),
+                         b',"source_image":', self._wire_image(s.source_image, s.id, pngs), b"}"))
 
-    def _wire_image(self, image: Any, label: Any, pngs: dict[int, str | None]) -> str | dict[str, str] | None:
-        """The PNG, or the error the reward would report for this sample (``to_rgb`` names it)."""
+    def _wire_image(self, image: Any, label: Any, pngs: dict[int, bytes | None]) -> bytes:
+        """The image as JSON: the base64 PNG, or the error the reward would report for this sample
+        (``to_rgb`` names it), or ``null``."""
         if image is None:
-            return None
+            return b"null"
         png = pngs[id(image)]
-        if png is not None:
-            return png
-        try:
-            to_rgb(image, label)  # fails again, now with this sample's name in the message
-        except (BadImageError, ValueError, TypeError) as e:
-            return {"error": str(e)}
-        return self._png(image)
+        if png is None:
+            try:
+                to_rgb(image, label)  # fails again, now with this sample's name in the message
+                png = self._png(image)
+            except (BadImageError, ValueError, TypeError) as e:  # what Reward._validate reports
+                return dumps({"error": str(e)})
+            except Exception as e:  # never one unreadable image's crash for the whole batch
+                return dumps({"error": f"sample {label!r}: cannot read image ({type(e).__name__}: {e})"})
+        return b'"' + png + b'"' if png is not None else b"null"
 
     def _pack(self, samples: list[Any], encoded: list[bytes | None]) -> list[list[int]]:
         """Index lists, one per request: at most ``batch_size`` samples and ``max_body_bytes``; a
@@ -219,19 +225,13 @@ class RemoteReward(Reward):
         return out
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
-        p = self._parts
-        conn_cls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
-        conn = conn_cls(p.hostname, p.port, timeout=self.timeout)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         try:
-            conn.request(method, p.path.rstrip("/") + path, body=body, headers=headers)
-            resp = conn.getresponse()
-            status, data = resp.status, resp.read()
+            url_path = self._parts.path.rstrip("/") + path
+            status, data = self._connections.request(method, url_path, body, headers)
         except (OSError, http.client.HTTPException) as e:
             raise RemoteRewardError(f"cannot reach the reward server at {self.url} ({type(e).__name__}: "
                                     f"{e}); is `evalsuite serve` running there?") from e
-        finally:
-            conn.close()
         try:
             reply = loads(data)
         except (ValueError, RecursionError):
@@ -247,47 +247,61 @@ class RemoteReward(Reward):
                                     f"{reply.get('error', json.dumps(reply)[:200])}")
 
 
-def encode_png(image: Image.Image, level: int = 1) -> bytes:
-    """An RGB image as an 8-bit RGB PNG, every row with PNG's "Up" filter.
+class _Connections:
+    """One keep-alive HTTP connection per calling thread (``http.client`` connections are not
+    thread-safe, and a ``RemoteReward`` is shared by rollout threads). A connection the server has
+    closed while idle is replaced before use, and a request that fails on a reused connection is sent
+    once more on a new one: scoring has no side effects, so the retry is safe."""
 
-    Why not ``Image.save``: Pillow holds the GIL while encoding into memory and tries several filters
-    per row; this is 2-3x faster at a similar size, and ``zlib.compress`` releases the GIL, so the
-    client's worker threads really encode in parallel. Any PNG decoder reads it (the tests decode it
-    with Pillow and compare pixels).
-    """
-    if image.mode != "RGB":
-        raise ValueError(f"encode_png takes RGB images, got mode {image.mode}")
-    width, height = image.size
-    flat = np.asarray(image, dtype=np.uint8).reshape(height, width * 3)
-    rows = np.empty((height, 1 + width * 3), dtype=np.uint8)
-    rows[:, 0] = 2  # filter type Up: byte minus the byte above, mod 256 (the first row is "minus zero")
-    rows[0, 1:] = flat[0]
-    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit, truecolour, no interlace
-    pixels = zlib.compress(rows.data, level)
-    return b"".join((PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", pixels), _chunk(b"IEND", b"")))
+    _DROPPED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+    def __init__(self, parts: SplitResult, timeout: float) -> None:
+        self._parts, self._timeout = parts, timeout
+        self._local = threading.local()
+
+    def request(self, method: str, path: str, body: bytes | None,
+                headers: dict[str, str]) -> tuple[int, bytes]:
+        conn = self._connection()
+        reused = conn.sock is not None
+        try:
+            return self._exchange(conn, method, path, body, headers)
+        except self._DROPPED:
+            if not reused:
+                raise
+        return self._exchange(conn, method, path, body, headers)  # now on a new socket
+
+    @staticmethod
+    def _exchange(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
+                  headers: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except BaseException:
+            conn.close()  # a half-done exchange leaves the connection unusable; the next one reconnects
+            raise
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            p = self._parts
+            cls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
+            conn = self._local.conn = cls(p.hostname, p.port, timeout=self._timeout)
+        elif conn.sock is not None and _readable(conn.sock):  # idle yet readable: closed by the server
+            conn.close()
+        return conn
 
 
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+def _readable(sock: Any) -> bool:
+    if hasattr(select, "poll"):  # any fd number, unlike select()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 class _LocalError(Exception):
     """A sample this client cannot send; it becomes that sample's error."""
-
-
-def decode_output(obj: dict[str, Any]) -> RewardOutput:
-    """The inverse of ``evalsuite.server.encode_output``: ``null`` scores are NaN again."""
-    scores = [math.nan if s is None else float(s) for s in obj["scores"]]
-    applicable, details, errors = list(obj["applicable"]), list(obj["details"]), list(obj["errors"])
-    if not len(scores) == len(applicable) == len(details) == len(errors):
-        raise ValueError("scores, applicable, details and errors differ in length")
-    if not all(isinstance(a, bool) for a in applicable) or not all(isinstance(d, dict) for d in details):
-        raise ValueError("applicable must be booleans and details objects")
-    if not all(e is None or isinstance(e, str) for e in errors):
-        raise ValueError("errors must be strings or null")
-    components = {str(k): decode_output(v) for k, v in obj.get("components", {}).items()}
-    return RewardOutput(str(obj["name"]), scores, applicable, details, errors, components)
 
 
 def merge_outputs(

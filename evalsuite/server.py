@@ -1,8 +1,9 @@
 """``evalsuite serve``: rewards over HTTP, with concurrent requests merged into one batched ``score()``.
 
 Why a server: a big reward model (a 7B VLM) should load once on one GPU and be shared by many trainers
-and evaluators. Why micro-batching: GRPO rollouts arrive as many small requests; scoring them one by
-one wastes the batched forward every reward is built around.
+and evaluators. Concurrent requests are micro-batched (``evalsuite.batching``); the HTTP layer is
+Starlette on uvicorn (``evalsuite.server_app``, the ``server`` extra); the wire format, PNG + JSON
+and never pickle, is ``evalsuite.wire``, shared with the client ``evalsuite.remote``.
 
 Endpoints (all bodies JSON, UTF-8; errors are ``{"error": message, "status": code}``):
 
@@ -10,520 +11,66 @@ Endpoints (all bodies JSON, UTF-8; errors are ``{"error": message, "status": cod
 - ``GET /rewards``: every served reward's info (``describe()``, ``needs_image``…); ``GET /rewards/<name>``.
 - ``POST /score/<name>`` with ``{"samples": [SAMPLE, ...]}`` → an encoded ``RewardOutput``.
 
-Wire format (protocol 1). Images travel as base64 PNG inside the JSON body rather than as multipart:
-one stdlib parser for everything (``cgi`` is gone from Python 3.13 and multipart via ``email`` is
-clumsy), every sample stays one self-contained object, and any HTTP client can produce it. Base64
-costs a third more bytes and ~1 GB/s of CPU, small next to PNG coding and a model forward (see the
-server benchmark). PNG is lossless, so the server scores exactly the pixels the client had. Nothing
-is ever unpickled: the body is data only.
-
-A SAMPLE is ``{"id", "prompt", "rendered_prompt", "metadata", "image", "source_image", "seed",
-"group"}`` (``id`` and ``prompt`` required). An image is ``null``, a base64 PNG string, or
-``{"error": message}``: the client could not turn its image into pixels, and the reward must report
-that message as if it had failed on the image itself (which is what it does in-process). Values
-JSON cannot carry are tagged objects with one key: ``{"$float": "nan"|"inf"|"-inf"}``,
-``{"$bytes": base64}``, ``{"$tuple": [...]}``, and ``{"$items": [[key, value], ...]}`` for dicts with
-non-string keys (or whose only key looks like a tag). An output's ``scores`` use ``null`` for NaN
-(with ``applicable`` false); JSON floats are written with ``repr`` and so round-trip bit-exactly.
-
-What is rejected with a 4xx for the whole request (the client is broken, not the data): a body that
-is not JSON or not the shape above, unknown fields, invalid base64 (400); no Content-Length (411); a
-body over ``max_body_bytes`` (413); a non-JSON Content-Type (415); an unknown reward or path (404).
-What becomes a per-sample error, exactly as in-process: an image that is not a PNG, cannot be
-decoded, or has too many pixels; a bad prompt; missing metadata keys.
+There is no authentication: the server binds loopback by default and belongs there or behind a
+trusted proxy.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import io
 import ipaddress
-import json
 import logging
-import math
-import queue
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from PIL import Image
-
+from evalsuite.batching import MicroBatcher, _Job, slice_output
 from evalsuite.errors import ConfigError
-from evalsuite.images import MAX_PIXELS, BadImageError, ImageFailure, to_rgb
-from evalsuite.reward import Reward, RewardOutput
+from evalsuite.images import ImageFailure
+from evalsuite.optional import require
+from evalsuite.reward import Reward
 from evalsuite.sample import Sample
+from evalsuite.wire import (
+    PNG_SIGNATURE,
+    PROTOCOL,
+    SAMPLE_FIELDS,
+    PayloadError,
+    decode_image,
+    decode_sample,
+    decode_samples,
+    dumps,
+    encode_output,
+    loads,
+    to_wire,
+)
+
+__all__ = [  # the codec names stay importable from here, where they used to live
+    "DEFAULT_HOST", "DEFAULT_PORT", "PNG_SIGNATURE", "PROTOCOL", "SAMPLE_FIELDS", "ImageFailure",
+    "MicroBatcher", "PayloadError", "RewardServer", "build_rewards", "decode_image", "decode_sample",
+    "decode_samples", "dumps", "encode_output", "is_loopback", "loads", "require_server_stack", "serve",
+    "slice_output", "to_wire",
+]
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 1
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SAMPLE_FIELDS = ("id", "prompt", "rendered_prompt", "metadata", "image", "source_image", "seed", "group")
-_DRAIN_LIMIT = 1024 * 1024 * 1024  # read and discard an oversized body up to this, so the client sees the 413
+DEFAULT_READ_TIMEOUT_S = 5.0  # a client silent this long mid-body gets a 408; an idle connection closes
+_STARTUP_TIMEOUT_S = 30.0
 
 
-# -- wire codec (shared with evalsuite.remote) --------------------------------------------------
-_TAGS = frozenset({"$float", "$bytes", "$tuple", "$items"})
-_FLOAT_NAMES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+def require_server_stack() -> None:
+    """Fail early, in one line naming the extra, when Starlette/uvicorn are not installed."""
+    for module in ("uvicorn", "starlette"):
+        require(module, "server", purpose="the reward server (evalsuite serve)")
 
 
-def to_wire(obj: Any, *, strict: bool = True) -> Any:
-    """``obj`` as plain JSON values, non-JSON values tagged. ``strict=False`` writes unknown objects as
-    their ``repr`` (for reward details, which must never make a whole response fail)."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        if math.isfinite(obj):
-            return float(obj)
-        return {"$float": "nan" if math.isnan(obj) else "inf" if obj > 0 else "-inf"}
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return {"$bytes": base64.b64encode(bytes(obj)).decode("ascii")}
-    if isinstance(obj, tuple):
-        return {"$tuple": [to_wire(x, strict=strict) for x in obj]}
-    if isinstance(obj, list):
-        return [to_wire(x, strict=strict) for x in obj]
-    if isinstance(obj, Mapping):
-        plain = all(isinstance(k, str) for k in obj) and not (len(obj) == 1 and next(iter(obj)) in _TAGS)
-        if plain:
-            return {k: to_wire(v, strict=strict) for k, v in obj.items()}
-        return {"$items": [[to_wire(k, strict=strict), to_wire(v, strict=strict)] for k, v in obj.items()]}
-    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars, torch tensors
-    if callable(tolist):
-        return to_wire(tolist(), strict=strict)
-    if strict:
-        raise TypeError(f"a {type(obj).__name__} cannot be sent as JSON")
-    return repr(obj)
-
-
-def _untag(d: dict[str, Any]) -> Any:
-    if len(d) != 1:
-        return d
-    ((key, value),) = d.items()
-    if key not in _TAGS:
-        return d
-    if key == "$float" and value in _FLOAT_NAMES:
-        return _FLOAT_NAMES[value]  # NaN decodes to the math.nan object, as rewards produce it
-    if key == "$bytes" and isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error as e:
-            raise ValueError(f"invalid base64 in {key}: {e}") from None
-    if key == "$tuple" and isinstance(value, list):
-        return tuple(value)
-    pairs = isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value)
-    if key == "$items" and pairs:
-        try:
-            return {k: v for k, v in value}
-        except TypeError as e:
-            raise ValueError(f"unhashable key in $items: {e}") from None
-    raise ValueError(f"malformed tagged value {key!r}")
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON; encode it as {{\"$float\": ...}}")
-
-
-def loads(data: bytes | str) -> Any:
-    """Parse strict JSON (no NaN/Infinity literals) and decode tagged values."""
-    return json.loads(data, object_hook=_untag, parse_constant=_no_constants)
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact, standard JSON (already converted with ``to_wire``)."""
-    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
-
-
-def encode_output(out: RewardOutput) -> dict[str, Any]:
-    """A ``RewardOutput`` as JSON values; NaN scores become ``null``."""
-    return {
-        "name": out.name,
-        "scores": [None if isinstance(s, float) and math.isnan(s) else to_wire(s, strict=False)
-                   for s in out.scores],
-        "applicable": [bool(a) for a in out.applicable],
-        "details": [to_wire(d, strict=False) for d in out.details],
-        "errors": [None if e is None else str(e) for e in out.errors],
-        "components": {str(k): encode_output(v) for k, v in out.components.items()},
-    }
-
-
-# -- request decoding ---------------------------------------------------------------------------
-class PayloadError(ValueError):
-    """A request body the server cannot use at all (answered with 400)."""
-
-
-def decode_samples(payload: Any) -> list[Sample]:
-    """The ``samples`` of a decoded request body; raises ``PayloadError`` naming the bad field."""
-    if not isinstance(payload, dict):
-        raise PayloadError(f"body must be a JSON object {{\"samples\": [...]}}, got {_json_type(payload)}")
-    unknown = sorted(set(payload) - {"samples"})
-    if unknown:
-        raise PayloadError(f"unknown top-level fields {unknown}; expected only 'samples'")
-    if "samples" not in payload:
-        raise PayloadError("missing field 'samples'")
-    samples = payload["samples"]
-    if not isinstance(samples, list):
-        raise PayloadError(f"'samples' must be a list, got {_json_type(samples)}")
-    return [decode_sample(s, f"samples[{i}]") for i, s in enumerate(samples)]
-
-
-def decode_sample(obj: Any, where: str) -> Sample:
-    if not isinstance(obj, dict):
-        raise PayloadError(f"{where}: expected an object, got {_json_type(obj)}")
-    unknown = sorted(set(obj) - set(SAMPLE_FIELDS))
-    if unknown:
-        raise PayloadError(f"{where}: unknown fields {unknown}; expected some of {list(SAMPLE_FIELDS)}")
-    for key in ("id", "prompt"):
-        if key not in obj:
-            raise PayloadError(f"{where}: missing field {key!r}")
-    metadata = obj.get("metadata")
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise PayloadError(f"{where}.metadata: expected an object, got {_json_type(metadata)}")
-    group = obj.get("group")
-    if isinstance(group, (list, dict)):
-        raise PayloadError(f"{where}.group: expected a string or null, got {_json_type(group)}")
-    sid = obj["id"]
-    if isinstance(sid, (list, dict)):
-        raise PayloadError(f"{where}.id: expected a string, got {_json_type(sid)}")
-    return Sample(
-        id=sid,
-        prompt=obj["prompt"],
-        image=decode_image(obj.get("image"), f"{where}.image", sid),
-        rendered_prompt=obj.get("rendered_prompt"),
-        metadata=metadata,
-        source_image=decode_image(obj.get("source_image"), f"{where}.source_image", sid),
-        seed=obj.get("seed"),
-        group=group,
-    )
-
-
-def decode_image(value: Any, where: str, label: Any) -> Image.Image | ImageFailure | None:
-    """A wire image as an RGB PIL image, or an ``ImageFailure`` carrying the per-sample error.
-
-    ``label`` is what ``Reward._validate`` passes to ``to_rgb`` in-process, so messages match.
-    """
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        if set(value) == {"error"} and isinstance(value["error"], str):
-            return ImageFailure(value["error"])
-        raise PayloadError(
-            f"{where}: an image object must be {{\"error\": message}}, got keys {sorted(value)}")
-    if not isinstance(value, str):
-        raise PayloadError(f"{where}: expected a base64 PNG string, null or {{\"error\": ...}}, "
-                           f"got {_json_type(value)}")
-    try:
-        data = base64.b64decode(value, validate=True)
-    except binascii.Error as e:
-        raise PayloadError(f"{where}: invalid base64 ({e})") from None
-    if not data.startswith(PNG_SIGNATURE):
-        return ImageFailure(f"sample {label!r}: image is not a PNG (the reward server accepts PNG only)")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:  # header only: refuse bombs before decoding
-            w, h = probe.size
-        if w * h > MAX_PIXELS:
-            return ImageFailure(f"sample {label!r}: image {w}x{h} exceeds {MAX_PIXELS} pixels")
-        return to_rgb(data, label)
-    except BadImageError as e:
-        return ImageFailure(str(e))
-    except Exception as e:  # PIL's DecompressionBombError and friends: one sample's problem
-        return ImageFailure(f"sample {label!r}: cannot decode PNG ({type(e).__name__}: {e})")
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-# -- micro-batching -----------------------------------------------------------------------------
-@dataclass
-class _Job:
-    samples: list[Sample]
-    arrived: float = field(default_factory=time.monotonic)
-    done: threading.Event = field(default_factory=threading.Event)
-    output: RewardOutput | None = None
-    error: str | None = None
-
-
-_STOP = object()
-
-
-class MicroBatcher:
-    """One worker thread per reward: jobs arriving within ``max_wait_s`` of the oldest waiting job are
-    merged, up to ``max_batch`` samples, into one ``score()`` call whose output is split back.
-
-    A job is never split, so a job larger than ``max_batch`` is scored alone (``max_batch=1`` turns
-    merging off). Per-group rewards are never merged: two requests with the same prompt would
-    otherwise become one GRPO group. Merging is invisible in the numbers up to the reward's batch
-    invariance, which the shared reward tester checks. Only this thread calls ``reward.score``, so
-    rewards need not be thread-safe.
-    """
-
-    def __init__(self, reward: Reward, *, max_batch: int, max_wait_s: float, label: str) -> None:
-        self.reward = reward
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self.label = label
-        self.merge = max_batch > 1 and not reward.per_group
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name=f"evalsuite-batcher-{label}", daemon=True)
-        self._lock = threading.Lock()
-        self._stopped = False
-        self.stats = {"requests": 0, "samples": 0, "score_calls": 0, "largest_batch": 0, "failures": 0}
-
-    def start(self) -> MicroBatcher:
-        self._thread.start()
-        return self
-
-    def submit(self, samples: list[Sample]) -> _Job:
-        job = _Job(samples)
-        with self._lock:
-            if self._stopped:
-                raise RuntimeError("the reward server is shutting down")
-            self.stats["requests"] += 1
-            self.stats["samples"] += len(samples)
-            self._queue.put(job)
-        return job
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Score what is queued, then end the worker."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            self._queue.put(_STOP)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        carry: _Job | None = None
-        while True:
-            first = carry if carry is not None else self._queue.get()
-            if first is _STOP:
-                return
-            batch, carry, stop = self._gather(first)
-            try:
-                self._run(batch)
-            except BaseException as e:  # never leave a handler waiting forever
-                log.exception("reward %s: batch failed unexpectedly", self.label)
-                for job in batch:
-                    job.error = job.error or f"internal error: {type(e).__name__}: {e}"
-                    job.done.set()
-            if stop:
-                return
-
-    def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
-        batch, size = [first], len(first.samples)
-        if not self.merge:
-            return batch, None, False
-        deadline = first.arrived + self.max_wait_s
-        while size < self.max_batch:
-            wait = deadline - time.monotonic()
-            try:
-                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is _STOP:
-                return batch, None, True
-            if size + len(job.samples) > self.max_batch:
-                return batch, job, False
-            batch.append(job)
-            size += len(job.samples)
-        return batch, None, False
-
-    def _run(self, batch: list[_Job]) -> None:
-        samples = [s for job in batch for s in job.samples]
-        with self._lock:
-            self.stats["score_calls"] += 1
-            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(samples))
-        try:
-            out = self.reward.score(samples)
-            if len(out) != len(samples):
-                raise RuntimeError(f"score() returned {len(out)} results for {len(samples)} samples")
-        except Exception as e:
-            if len(batch) > 1:  # find the request that breaks the reward; the others still get answers
-                for job in batch:
-                    self._run([job])
-                return
-            with self._lock:
-                self.stats["failures"] += 1
-            log.warning("reward %s failed on a request: %s: %s", self.label, type(e).__name__, e)
-            batch[0].error = f"reward {self.label!r} failed: {type(e).__name__}: {e}"
-            batch[0].done.set()
-            return
-        start = 0
-        for job in batch:
-            stop = start + len(job.samples)
-            job.output = slice_output(out, start, stop)
-            job.done.set()
-            start = stop
-
-
-def slice_output(out: RewardOutput, start: int, stop: int) -> RewardOutput:
-    """Samples ``start:stop`` of ``out``, components included."""
-    return RewardOutput(
-        out.name, out.scores[start:stop], out.applicable[start:stop], out.details[start:stop],
-        out.errors[start:stop], {k: slice_output(v, start, stop) for k, v in out.components.items()},
-    )
-
-
-# -- HTTP ---------------------------------------------------------------------------------------
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, dict(headers or {})
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True  # idle connections must not block shutdown; in-flight work is tracked by the app
-    request_queue_size = 1024  # the default of 5 drops connections under a burst of concurrent requests
-    app: RewardServer
-
-
-class _HTTPServer6(_HTTPServer):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    server_version = f"evalsuite-reward-server/{PROTOCOL}"
-    protocol_version = "HTTP/1.0"  # one request per connection: nothing idles open at shutdown
-    timeout = 60.0  # a client that stalls mid-request gives up its thread after this
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def do_GET(self) -> None:
-        self._handle(self._get)
-
-    def do_POST(self) -> None:
-        self._handle(self._post)
-
-    def do_PUT(self) -> None:
-        self._handle(self._not_allowed)
-
-    do_DELETE = do_PATCH = do_PUT
-
-    def _handle(self, route: Callable[[], tuple[int, Any]]) -> None:
-        try:
-            status, body = route()
-            self._send(status, body)
-        except _HTTPError as e:
-            self._send(e.status, {"error": e.message, "status": e.status}, e.headers)
-        except Exception as e:
-            log.exception("reward server: unexpected error on %s %s", self.command, self.path)
-            self._send(500, {"error": f"internal error: {type(e).__name__}: {e}", "status": 500})
-
-    def _send(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        data = dumps(body)
-        with contextlib.suppress(OSError):  # the client went away: nothing to tell it
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-    def _path(self) -> str:
-        return urlsplit(self.path).path.rstrip("/") or "/"
-
-    def _get(self) -> tuple[int, Any]:
-        app, path = self.server.app, self._path()
-        if path == "/health":
-            return 200, app.health()
-        if path == "/rewards":
-            return 200, {"protocol": PROTOCOL, "rewards": {n: app.info(n) for n in app.rewards}}
-        if path.startswith("/rewards/"):
-            return 200, app.info(self._reward_name(path, "/rewards/"))
-        if path.startswith("/score/"):
-            raise _HTTPError(405, "use POST for /score/<name>", {"Allow": "POST"})
-        raise _HTTPError(404, f"no such endpoint {path!r}; try GET /health, GET /rewards, POST /score/<name>")
-
-    def _post(self) -> tuple[int, Any]:
-        app = self.server.app
-        body = self._read_body(app.max_body_bytes)
-        path = self._path()
-        if not path.startswith("/score/"):
-            if path in ("/health", "/rewards") or path.startswith("/rewards/"):
-                raise _HTTPError(405, f"use GET for {path}", {"Allow": "GET"})
-            raise _HTTPError(404, f"no such endpoint {path!r}; POST to /score/<name>")
-        name = self._reward_name(path, "/score/")
-        ctype = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
-        if ctype not in ("application/json", "text/json"):
-            raise _HTTPError(415, f"Content-Type must be application/json, got {ctype!r}")
-        try:
-            payload = loads(body)
-        except (ValueError, RecursionError) as e:
-            raise _HTTPError(400, f"body is not valid JSON: {e}") from None
-        try:
-            samples = decode_samples(payload)
-        except PayloadError as e:
-            raise _HTTPError(400, str(e)) from None
-        out = app.score(name, samples)
-        return 200, encode_output(out)
-
-    def _not_allowed(self) -> tuple[int, Any]:
-        allow = "POST" if self._path().startswith("/score/") else "GET"
-        raise _HTTPError(405, f"method {self.command} not allowed", {"Allow": allow})
-
-    def _reward_name(self, path: str, prefix: str) -> str:
-        name = unquote(path[len(prefix):])
-        if name not in self.server.app.rewards:
-            served = ", ".join(self.server.app.rewards)
-            raise _HTTPError(404, f"no reward named {name!r} on this server; serving: {served}")
-        return name
-
-    def _read_body(self, limit: int) -> bytes:
-        if self.headers.get("Transfer-Encoding"):
-            raise _HTTPError(411, "chunked bodies are not supported; send a Content-Length")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            raise _HTTPError(411, "a Content-Length header is required")
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            raise _HTTPError(400, f"bad Content-Length {raw!r}") from None
-        if length > limit:
-            self._drain(length)
-            raise _HTTPError(413, f"body of {length} bytes exceeds this server's limit of {limit} bytes "
-                                  f"(max_body_bytes); send fewer or smaller images per request")
-        data = self.rfile.read(length)
-        if len(data) != length:
-            raise _HTTPError(400, f"body ended after {len(data)} of {length} bytes")
-        return data
-
-    def _drain(self, length: int) -> None:
-        """Read and drop an oversized body so the client gets the 413 instead of a reset connection."""
-        if length > _DRAIN_LIMIT:
-            return
-        left = length
-        with contextlib.suppress(OSError):
-            while left > 0:
-                chunk = self.rfile.read(min(left, 1 << 20))
-                if not chunk:
-                    break
-                left -= len(chunk)
-
-
-# -- the server ---------------------------------------------------------------------------------
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -533,12 +80,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket, bound now so that port 0 resolves before ``start()``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are
+    # TCP; with Nagle on, every keep-alive reply stalls ~40 ms on the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(1024)  # a burst of concurrent requests must not be refused at connect
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class RewardServer:
     """Serves ``{name: reward}`` on ``host:port`` (port 0: any free port; see ``url``).
 
     Binds in the constructor, serves after ``start()`` (which also loads the rewards), and ``close()``
     stops accepting, lets in-flight requests finish, then stops the batchers. Loopback by default:
-    there is no authentication, so another host needs an explicit ``host``.
+    there is no authentication, so another host needs an explicit ``host``. ``read_timeout_s``: how
+    long a connection may stay silent (mid-body: 408; between requests: closed).
     """
 
     def __init__(
@@ -550,17 +114,21 @@ class RewardServer:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> None:
         if not rewards:
             raise ConfigError("the reward server needs at least one reward")
         for name, reward in rewards.items():
             if not name or "/" in name or not isinstance(reward, Reward):
                 raise ConfigError(f"bad reward entry {name!r}: {type(reward).__name__}")
-        if max_batch < 1 or max_wait_ms < 0 or max_body_bytes < 1:
-            raise ConfigError(f"need max_batch >= 1, max_wait_ms >= 0, max_body_bytes >= 1; got "
-                              f"{max_batch}, {max_wait_ms}, {max_body_bytes}")
+        if max_batch < 1 or max_wait_ms < 0 or max_body_bytes < 1 or not read_timeout_s > 0:
+            raise ConfigError(f"need max_batch >= 1, max_wait_ms >= 0, max_body_bytes >= 1, "
+                              f"read_timeout_s > 0; got {max_batch}, {max_wait_ms}, {max_body_bytes}, "
+                              f"{read_timeout_s}")
+        require_server_stack()
         self.rewards = dict(rewards)
         self.max_batch, self.max_wait_ms, self.max_body_bytes = max_batch, max_wait_ms, max_body_bytes
+        self.read_timeout_s = read_timeout_s
         shared: dict[int, MicroBatcher] = {}  # one worker per reward object, even if served twice
         self._batchers = {
             name: shared.setdefault(id(r), MicroBatcher(r, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
@@ -570,13 +138,10 @@ class RewardServer:
         if not is_loopback(host):
             log.warning("reward server binds to %r: reachable from other machines, with no authentication",
                         host)
-        cls = _HTTPServer6 if ":" in host else _HTTPServer
-        self._httpd = cls((host.strip("[]"), port), _Handler)
-        self._httpd.app = self
-        self.host, self.port = host, self._httpd.server_address[1]
+        self._sock = _bind(host, port)
+        self.host, self.port = host, self._sock.getsockname()[1]
+        self._uvicorn: Any = None
         self._thread: threading.Thread | None = None
-        self._in_flight = 0
-        self._idle = threading.Condition()
         self._closing = False
         self._closed = False
 
@@ -585,15 +150,29 @@ class RewardServer:
         host = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        return self._sock.getsockname()[:2]
+
     def start(self) -> RewardServer:
-        """Load every reward, start the batchers, then accept connections in a background thread."""
+        """Load every reward, start the batchers, then serve from a background thread."""
+        from evalsuite.server_app import make_uvicorn
+
         for reward in self.rewards.values():
             reward.load()
         for batcher in set(self._batchers.values()):
             batcher.start()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+        self._uvicorn = make_uvicorn(self)
+        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._sock]},
                                         name="evalsuite-reward-server", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.close(timeout=1)
+                raise RuntimeError(f"the reward server at {self.url} did not start")
+            time.sleep(0.005)
         log.info("serving %s at %s (max_batch=%d, max_wait_ms=%g)", ", ".join(self.rewards), self.url,
                  self.max_batch, self.max_wait_ms)
         return self
@@ -604,17 +183,13 @@ class RewardServer:
             return
         self._closed = True
         self._closing = True
-        if self._thread is not None:
-            self._httpd.shutdown()
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._in_flight and (left := deadline - time.monotonic()) > 0:
-                self._idle.wait(left)
+        if self._uvicorn is not None and self._thread is not None:
+            self._uvicorn.config.timeout_graceful_shutdown = timeout
+            self._uvicorn.should_exit = True
+            self._thread.join(timeout + 5)
         for batcher in set(self._batchers.values()):
-            batcher.stop(max(deadline - time.monotonic(), 0.1))
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            batcher.stop(max(timeout, 0.1))
+        self._sock.close()
 
     def __enter__(self) -> RewardServer:
         return self if self._thread is not None else self.start()
@@ -622,30 +197,12 @@ class RewardServer:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # -- used by the handler ---------------------------------------------------------------------
-    def score(self, name: str, samples: list[Sample]) -> RewardOutput:
-        with self._tracked():
-            try:
-                job = self._batchers[name].submit(samples)
-            except RuntimeError as e:
-                raise _HTTPError(503, str(e)) from None
-            job.done.wait()
-        if job.error is not None or job.output is None:
-            raise _HTTPError(500, job.error or "no result")
-        return job.output
-
-    @contextlib.contextmanager
-    def _tracked(self) -> Iterator[None]:
-        with self._idle:
-            if self._closing:
-                raise _HTTPError(503, "the reward server is shutting down")
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
+    # -- used by the HTTP layer ------------------------------------------------------------------
+    def submit(self, name: str, samples: list[Sample], notify: Callable[[], None]) -> _Job:
+        """Queue a request's samples with the reward's batcher; ``RuntimeError`` once closing."""
+        if self._closing:
+            raise RuntimeError("the reward server is shutting down")
+        return self._batchers[name].submit(samples, notify)
 
     def info(self, name: str) -> dict[str, Any]:
         r = self.rewards[name]
@@ -670,6 +227,7 @@ class RewardServer:
             "max_batch": self.max_batch,
             "max_wait_ms": self.max_wait_ms,
             "max_body_bytes": self.max_body_bytes,
+            "read_timeout_s": self.read_timeout_s,
             "stats": {name: dict(b.stats) for name, b in self._batchers.items()},
         }
 
@@ -704,6 +262,7 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     reward_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     common_kwargs: Mapping[str, Any] | None = None,
     stop: threading.Event | None = None,
@@ -711,10 +270,13 @@ def serve(
 ) -> int:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down gracefully. Returns 0.
 
-    Rewards are built and loaded before the port opens, so a missing backend fails at startup.
+    Rewards are built and loaded before the port opens, so a missing backend fails at startup; a
+    missing ``server`` extra fails before any reward is built.
     """
+    require_server_stack()
     server = RewardServer(build_rewards(rewards, reward_kwargs, common_kwargs), host, port,
-                          max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes)
+                          max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
+                          read_timeout_s=read_timeout_s)
     stop = stop or threading.Event()
     try:
         server.start()

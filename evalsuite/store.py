@@ -7,6 +7,7 @@ absent, and a file is either its old or its new version, never half of each.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -16,6 +17,8 @@ from typing import Any
 
 from PIL import Image
 
+log = logging.getLogger(__name__)
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary sibling and ``os.replace`` (atomic on POSIX)."""
@@ -23,6 +26,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -32,6 +36,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` sets to read)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -73,7 +91,9 @@ def jsonable(obj: Any) -> Any:
 
 class JsonlLog:
     """Append-only log of JSON records. Each ``append`` is one write + fsync; a torn last line
-    (the process died mid-write) is ignored on read and cut off before the next append."""
+    (the process died mid-write) is ignored on read and cut off before the next append. Any other
+    unreadable line (garbled, zero-filled by a crash) is skipped with a warning, so the records after it
+    still count and whatever it held is simply redone."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -86,13 +106,17 @@ class JsonlLog:
             return []
         records = []
         with open(self.path, "rb") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 if not line.endswith(b"\n"):
                     break  # torn final write
                 try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
+                    record = json.loads(line)
+                except ValueError:  # bad JSON, or bytes that are no text at all (zeros)
+                    record = None
+                if isinstance(record, dict):
+                    records.append(record)
+                elif line.strip():
+                    log.warning("%s:%d: skipping an unreadable record (%r)", self.path, number, line[:40])
         return records
 
     def _repair(self) -> None:

@@ -136,7 +136,7 @@ class SFTConfig:
 
 @dataclass
 class GRPOSettings:
-    """GRPO hyper-parameters (names follow harness.grpo)."""
+    """GRPO hyper-parameters (names follow evalsuite.harness.grpo)."""
 
     group_size: int = 4
     prompts_per_step: int = 8  # global, over all ranks; each rank takes a whole-group share
@@ -180,6 +180,7 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int | None = 3
     resume: bool = True
+    resume_override: bool = False  # resume even with changed settings, recorded in the manifest's history
     log_samples_every: int = 1
     logged_samples: int = 8
     tensorboard: bool = True

@@ -2,7 +2,7 @@
 
 One ``FlowTrainConfig`` per run; ``mode`` picks what is trained:
 - "flow": Flow-GRPO on a FLUX.1-dev (or FLUX.1-Kontext) LoRA, prompts as given;
-- "promptrl": the prompt rewriter (harness.rewriter) and the flow LoRA together from one reward and one
+- "promptrl": the prompt rewriter (rewriter.py) and the flow LoRA together from one reward and one
   group-relative advantage; ``promptrl.prompt_only`` freezes the flow model;
 - "promptloop": a frozen flow model whose conditioning a multimodal LM refines at chosen denoising steps.
 Sections reuse the rewriter's dataclasses (rewards, data, GRPO settings, optimizer, LM policy).
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalsuite.errors import ConfigError
-from harness.config import (
+from evalsuite.harness.config import (
     DataConfig,
     GRPOSettings,
     OptimConfig,
@@ -26,6 +25,8 @@ from harness.config import (
     from_dict,
     read_recipe,
 )
+
+from evalsuite.errors import ConfigError
 
 MODES = ("flow", "promptrl", "promptloop")
 
@@ -130,6 +131,7 @@ class FlowTrainConfig:
     save_every: int = 50
     keep_checkpoints: int | None = 3
     resume: bool = True
+    resume_override: bool = False  # resume even with changed settings, recorded in the manifest's history
     eval_every: int = 0  # 0 = never: ODE renders at eval_num_steps of eval_data, scored with eval_rewards
     eval_prompts: int = 8  # the first N rows of eval_data (null eval_data: of the training prompts)
     log_images_every: int = 10

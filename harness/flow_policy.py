@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig
+from evalsuite.harness.model_source import loading
+from evalsuite.harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
 from PIL import Image
 
 from evalsuite.errors import ConfigError
 from evalsuite.images import to_rgb
 from evalsuite.reward import resolve_dtype
-from harness.flow_config import FlowLoraSettings, FlowPolicyConfig
-from harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
@@ -126,12 +127,10 @@ class FlowPolicy:
         """Load the pipeline by hub id or folder, freeze everything, add the trainable LoRA."""
         from diffusers import DiffusionPipeline
 
-        try:
+        with loading("flow.model", config.model):  # no such folder, not cached offline: one clear line
             pipe = DiffusionPipeline.from_pretrained(
                 config.model, torch_dtype=resolve_dtype(config.dtype), revision=config.revision
             )
-        except OSError as e:  # not cached offline, gated, no such folder: say which model and why
-            raise ConfigError(f"cannot load flow.model {config.model!r}: {e}") from None
         if not hasattr(pipe, "transformer") or not hasattr(pipe, "vae"):
             raise ConfigError(f"{config.model}: {type(pipe).__name__} is not a FLUX-family pipeline")
         pipe.to(torch.device(device))

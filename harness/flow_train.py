@@ -1,7 +1,7 @@
 """GRPO on flow policies: Flow-GRPO (FLUX.1-dev / Kontext LoRA), PromptRL and PromptLoop. Read top to bottom.
 
     evalsuite train --config harness/recipes/flow_pickscore.yaml [--set grpo.beta=0.01 ...]
-    accelerate launch -m harness.flow_train --config ...          # one process per GPU
+    accelerate launch -m evalsuite.harness.flow_train --config ...          # one process per GPU
 
 One step:
   1. the step's prompts (a pure function of the step, so resume needs no loader state); each rank takes a
@@ -12,7 +12,7 @@ One step:
        promptloop the prompt, replaced mid-trajectory by the refiner's rewrites at ``refine_steps``;
   3. roll out the flow policy: SDE steps (window or first ``num_sde``) record latents and log-probs, the
      others are Euler steps; decode; score each image against the ORIGINAL prompt (and source image);
-  4. gather rewards from all ranks, combine, group-relative advantages (harness.grpo);
+  4. gather rewards from all ranks, combine, group-relative advantages (evalsuite.harness.grpo);
   5. updates: the flow LoRA on (sample, SDE step) pairs — clipped surrogate on the step log-prob ratio plus
      β·closed-form KL to the adapter-disabled transformer, with the ratio == 1 self-test on the first
      minibatch; the LM (rewriter/refiner) with the token-level GRPO loss, every action of an episode
@@ -38,27 +38,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-
-from evalsuite.errors import ConfigError, EvalsuiteError
-from evalsuite.sample import Sample
-from evalsuite.seeding import derive_seed
-from evalsuite.store import JsonlLog, atomic_write_json
-from harness import grpo
-from harness.checkpoint import (
+from evalsuite.harness import grpo
+from evalsuite.harness.checkpoint import (
     CHECKPOINTS,
     LATEST,
     TRAINER_STATE,
     latest_checkpoint,
+    load_state,
     restore_rng,
     write_checkpoint,
 )
-from harness.config import RewardsConfig, save_config
-from harness.flow_config import FlowTrainConfig, load_flow_config, validate_flow_config
-from harness.flow_policy import FlowPolicy, RefineRequest, Trajectory, choose_sde_steps, choose_train_steps
-from harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
-from harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
-from harness.train import (
+from evalsuite.harness.config import RewardsConfig, save_config
+from evalsuite.harness.flow_config import FlowTrainConfig, load_flow_config, validate_flow_config
+from evalsuite.harness.flow_policy import (
+    FlowPolicy,
+    RefineRequest,
+    Trajectory,
+    choose_sde_steps,
+    choose_train_steps,
+)
+from evalsuite.harness.resume import apply_optim_settings, check_resume
+from evalsuite.harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
+from evalsuite.harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
+from evalsuite.harness.train import (
     MetricsLog,
     _Warmup,
     check_engine,
@@ -68,6 +70,12 @@ from harness.train import (
     record_rollout_logprobs,
     step_prompts,
 )
+from PIL import Image
+
+from evalsuite.errors import ConfigError, EvalsuiteError
+from evalsuite.sample import Sample
+from evalsuite.seeding import derive_seed
+from evalsuite.store import JsonlLog, atomic_write_json
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -426,7 +434,7 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int | None,
 ) -> Path:
-    """Live adapters (not EMA), optimizers, EMA shadow and trainer state, atomically (harness.checkpoint)."""
+    """Live adapters (not EMA), optimizers, EMA shadow and trainer state, atomically (checkpoint.py)."""
 
     def write(tmp: Path) -> None:
         _save_models(tmp, flow=flow, lm=lm, lm_model=lm_model, accelerator=accelerator, ema=None)
@@ -484,9 +492,9 @@ def load_checkpoint(
         weights = load_file(str(_lm_weights_file(path)))
         set_peft_model_state_dict(accelerator.unwrap_model(lm_model), weights)
     for key, opt in optimizers.items():
-        opt.load_state_dict(torch.load(path / f"{key}.pt", weights_only=False))
+        opt.load_state_dict(load_state(path / f"{key}.pt"))
     if ema is not None and (path / "ema.pt").is_file():
-        ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False))
+        ema.load_state_dict(load_state(path / "ema.pt"))
     restore_rng(path, accelerator.process_index)
     return json.loads((path / TRAINER_STATE).read_text())
 
@@ -512,14 +520,14 @@ def _check_rewards(config: FlowTrainConfig) -> None:
 
 
 def build_lm(config: FlowTrainConfig, device: Any) -> Any:
-    """PromptRL's rewriter (harness.rewriter) or PromptLoop's multimodal refiner (harness.vl_policy)."""
+    """PromptRL's rewriter (rewriter.py) or PromptLoop's multimodal refiner (vl_policy.py)."""
     seed = derive_seed(config.seed, "lm_lora", 0)
     if config.mode == "promptrl":
-        from harness.rewriter import build_policy
+        from evalsuite.harness.rewriter import build_policy
 
         return build_policy(config.policy, device=device, seed=seed)
     if config.mode == "promptloop":
-        from harness.vl_policy import build_vl_policy
+        from evalsuite.harness.vl_policy import build_vl_policy
 
         return build_vl_policy(
             config.policy, device=device, seed=seed, max_pixels=config.promptloop.max_pixels
@@ -558,6 +566,7 @@ def train(
             f"images per rank ({per_rank * g.group_size}) must be divisible by grpo.minibatches"
         )
     out_dir = Path(config.out_dir)
+    history = check_resume(config, out_dir)  # before config.yaml is overwritten
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -576,7 +585,11 @@ def train(
     if not reward_set.needs_image:
         raise ConfigError("a flow run needs at least one image reward")
     eval_set = (
-        RewardSet(RewardsConfig(components=list(config.eval_rewards), normalize="none"), device=str(device))
+        RewardSet(
+            RewardsConfig(components=list(config.eval_rewards), normalize="none"),
+            device=str(device),
+            where="eval_rewards",
+        )
         if config.eval_rewards
         else None
     )
@@ -629,11 +642,14 @@ def train(
             )
         for key, sched in schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
+            o = config.optim if key == "flow" else config.policy_optim
+            apply_optim_settings(optimizers[f"{key}_optimizer"], sched, o)
         if tracker is not None and state.get("tracker"):
             tracker.load_state_dict(state["tracker"])
     logger = MetricsLog(out_dir, config, start) if accelerator.is_main_process else None  # type: ignore[arg-type]
     if accelerator.is_main_process:
-        atomic_write_json(out_dir / "manifest.json", _manifest(config, reward_set, flow, lm, world))
+        manifest = _manifest(config, reward_set, flow, lm, world)
+        atomic_write_json(out_dir / "manifest.json", {**manifest, "history": history})
 
     # ---- the loop
     history: list[dict[str, Any]] = []
@@ -729,6 +745,7 @@ def train(
             state = {
                 "data_position": (step + 1) * g.prompts_per_step,
                 "world_size": world,
+                "config": config.to_dict(),
                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                 "tracker": tracker.state_dict() if tracker is not None else None,
             }
@@ -919,7 +936,7 @@ def _manifest(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="harness.flow_train", description="Flow-GRPO / PromptRL / PromptLoop"
+        prog="evalsuite.harness.flow_train", description="Flow-GRPO / PromptRL / PromptLoop"
     )
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -17,17 +17,19 @@ only ``Sample.rendered_prompt``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from evalsuite.harness.config import RewardsConfig, RewardSpec
+from evalsuite.harness.rewriter import ParsedCompletion, count_words
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward
 from evalsuite.sample import Sample
-from harness.config import RewardsConfig, RewardSpec
-from harness.rewriter import ParsedCompletion, count_words
 
 BUILTIN_COMPONENTS = ("format", "length")
 NORMALIZATIONS = ("batch", "none")
@@ -84,22 +86,55 @@ def combine(
 # ------------------------------------------------------------------------------------------ the set
 
 
-def build_reward(spec: RewardSpec, device: str | None = None) -> Reward:
+def reward_options(cls: Any) -> set[str] | None:
+    """The keyword options ``cls(...)`` takes, following ``**kwargs`` up the base classes (a subclass
+    passes them on to its base); None when that cannot be told."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    options: set[str] = set()
+    for klass in getattr(cls, "__mro__", (cls,)):
+        init = klass.__dict__.get("__init__") if isinstance(klass, type) else klass
+        if klass is object:
+            return None
+        if init is None:
+            continue
+        try:
+            params = list(inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        options |= {p.name for p in params if p.kind in named and p.name != "self"}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return options
+    return None
+
+
+def build_reward(spec: RewardSpec, device: str | None = None, where: str = "reward") -> Reward:
     """A library reward from its registry name, or from ``spec.target`` ("module:Class"); on ``device``
-    (the process's accelerator) unless its kwargs say otherwise."""
-    kwargs = dict(spec.kwargs)
-    if device is not None:
-        kwargs.setdefault("device", device)
+    (the process's accelerator) unless its kwargs say otherwise. A misspelled option is a ConfigError
+    naming its config key (``where``.kwargs.NAME) and the options the reward takes."""
     if spec.target:
         module, _, attr = spec.target.partition(":")
         try:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"reward {spec.name!r}: cannot import {spec.target!r}: {e}") from None
-        return cls(**kwargs)
-    from evalsuite.registry import get_reward
+    else:
+        from evalsuite.registry import registry
 
-    return get_reward(spec.name, **kwargs)
+        cls = registry.get("rewards", spec.name)
+    kwargs = dict(spec.kwargs)
+    if device is not None:
+        kwargs.setdefault("device", device)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # only a misspelled option of this spec becomes a ConfigError; bugs stay loud
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if bad is None or bad.group(1) not in spec.kwargs:
+            raise
+        options = reward_options(cls)
+        takes = f"; it takes {sorted(options)}" if options is not None else ""
+        raise ConfigError(
+            f"{where}.kwargs.{bad.group(1)}: unknown option of reward {spec.name!r}{takes}"
+        ) from None
 
 
 class RewardSet:
@@ -107,7 +142,11 @@ class RewardSet:
     details; ``combine`` (above) makes the training reward out of them."""
 
     def __init__(
-        self, config: RewardsConfig, rewards: dict[str, Reward] | None = None, device: str | None = None
+        self,
+        config: RewardsConfig,
+        rewards: dict[str, Reward] | None = None,
+        device: str | None = None,
+        where: str = "rewards.components",
     ) -> None:
         if config.normalize not in NORMALIZATIONS:
             raise ConfigError(f"rewards.normalize {config.normalize!r} is not one of {NORMALIZATIONS}")
@@ -120,8 +159,8 @@ class RewardSet:
         self.weights = {s.name: float(s.weight) for s in config.components}
         given = dict(rewards or {})
         self.library: dict[str, Reward] = {
-            s.name: given.get(s.name) or build_reward(s, device)
-            for s in config.components
+            s.name: given.get(s.name) or build_reward(s, device, f"{where}[{i}]")
+            for i, s in enumerate(config.components)
             if s.name not in BUILTIN_COMPONENTS or s.target
         }
 

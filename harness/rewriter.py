@@ -9,7 +9,7 @@ applied, and ``sample`` records the log-prob of each drawn token from the very l
 (``Rollout.sampler_logp``, fp32, the same formula as ``completion_logprobs``), so no second forward is
 needed. The trainer recomputes them with ``completion_logprobs`` in one padded forward and compares: that
 self-test checks the incremental KV-cache sampler against the train-time forward, the mismatch that
-vLLM-style trainers must watch (about 1e-6 in fp32, see ``harness.config.GRPOSettings.logprobs_from``).
+vLLM-style trainers must watch (about 1e-6 in fp32, see ``config.GRPOSettings.logprobs_from``).
 ``record_logprobs`` still records them with the train-time forward itself (exact equality) on request.
 We sample with our own short loop instead of ``generate`` because ``generate`` silently merges the model's
 generation_config into ours (Qwen2.5 ships top_k=20, top_p=0.8, repetition_penalty=1.05), which would make
@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
+from evalsuite.harness.model_source import loading
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
-from harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
 
 REWRITER_FILE = "rewriter.json"
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -580,10 +581,11 @@ def load_base_model(config: PolicyConfig, device: str | torch.device = "cpu", sf
     """(model, tokenizer): the base LM in ``config.dtype``, with an SFT adapter merged in if given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
-    model = AutoModelForCausalLM.from_pretrained(
-        config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
-    ).to(device)
+    with loading("policy.model", config.model):
+        tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
+        ).to(device)
     if sft_adapter is not None:
         from peft import PeftConfig, PeftModel
 

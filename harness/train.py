@@ -1,7 +1,7 @@
 """GRPO training of a RePrompt-style prompt rewriter. One file, read top to bottom.
 
-    python -m harness.train --config harness/recipes/geneval.yaml [--set grpo.beta=0.01 ...]
-    accelerate launch -m harness.train --config ...        # DDP, or DeepSpeed ZeRO-1/2 (FSDP/ZeRO-3 refused)
+    python -m evalsuite.harness.train --config harness/recipes/geneval.yaml [--set grpo.beta=0.01 ...]
+    accelerate launch -m evalsuite.harness.train --config ... # DDP, DeepSpeed ZeRO-1/2 (FSDP/ZeRO-3 refused)
 
 One step:
   1. take the step's prompts (a pure function of the step: resume needs no data-loader state); each rank
@@ -12,8 +12,8 @@ One step:
   3. parse them (malformed → the original prompt), render the rendered prompts with the frozen generator
      (one batched call for all the rank's groups), score each image against the ORIGINAL prompt and its
      metadata, add the format and length rewards;
-  4. gather the components from all ranks, normalize and combine them (harness.rewards), compute
-     group-relative advantages (harness.grpo);
+  4. gather the components from all ranks, normalize and combine them (evalsuite.harness.rewards), compute
+     group-relative advantages (evalsuite.harness.grpo);
   5. for each inner epoch and minibatch: recompute log-probs (first minibatch: the on-policy self-test
      against the recorded ones, ratio == 1), clipped surrogate + k3 KL, accumulate over micro-batches,
      clip, step;
@@ -41,25 +41,21 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from evalsuite.errors import ConfigError, EvalsuiteError
-from evalsuite.generator import GenerationRequest
-from evalsuite.reward import resolve_dtype
-from evalsuite.sample import Sample
-from evalsuite.seeding import derive_seed
-from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text, jsonable
-from harness import grpo
-from harness.checkpoint import (
+from evalsuite.harness import grpo
+from evalsuite.harness.checkpoint import (
     CHECKPOINTS,
     LATEST,
     TRAINER_STATE,
     latest_checkpoint,
+    load_state,
     restore_rng,
     write_checkpoint,
 )
-from harness.config import DataConfig, SFTConfig, TrainConfig, load_config, save_config
-from harness.rewards import RewardSet, finite_stats
-from harness.rewriter import (
+from evalsuite.harness.config import DataConfig, SFTConfig, TrainConfig, load_config, save_config
+from evalsuite.harness.model_source import loading
+from evalsuite.harness.resume import apply_optim_settings, check_resume
+from evalsuite.harness.rewards import RewardSet, finite_stats
+from evalsuite.harness.rewriter import (
     ParsedCompletion,
     RewriterPolicy,
     Rollout,
@@ -70,6 +66,13 @@ from harness.rewriter import (
     format_completion,
     save_rewriter,
 )
+
+from evalsuite.errors import ConfigError, EvalsuiteError
+from evalsuite.generator import GenerationRequest
+from evalsuite.reward import resolve_dtype
+from evalsuite.sample import Sample
+from evalsuite.seeding import derive_seed
+from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text, jsonable
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -333,7 +336,7 @@ def save_checkpoint(
     keep: int | None,
 ) -> Path:
     """Adapter (+ the SFT adapter it sits on), optimizer, scheduler and trainer state, atomically
-    (harness.checkpoint: a kill at any moment leaves the previous checkpoint as ``latest``)."""
+    (evalsuite.harness.checkpoint: a kill at any moment leaves the previous checkpoint as ``latest``)."""
 
     def write(tmp: Path) -> None:
         save_rewriter(tmp, policy, accelerator.unwrap_model(model), step=step, sft_adapter=sft_adapter)
@@ -357,8 +360,8 @@ def load_checkpoint(
         raise ConfigError(
             f"{path}: adapter does not match the configured LoRA ({result.unexpected_keys[:3]}…)"
         )
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    optimizer.load_state_dict(load_state(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_state(path / "scheduler.pt"))
     restore_rng(path, accelerator.process_index)
     return json.loads((path / TRAINER_STATE).read_text())
 
@@ -605,6 +608,7 @@ def train(
     check_engine(accelerator)
     validate(config, world)
     out_dir = Path(config.out_dir)
+    history = check_resume(config, out_dir)  # before config.yaml is overwritten
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -622,18 +626,19 @@ def train(
         from evalsuite.generator import DiffusersGenerator
 
         gc = config.generator
-        generator = DiffusersGenerator.from_pretrained(
-            gc.model,
-            device=gc.device or device,
-            dtype=gc.dtype,
-            revision=gc.revision,
-            num_inference_steps=gc.num_inference_steps,
-            guidance_scale=gc.guidance_scale,
-            height=gc.height,
-            width=gc.width,
-            batch_size=gc.batch_size,
-            call_kwargs=gc.call_kwargs,
-        )
+        with loading("generator.model", gc.model):
+            generator = DiffusersGenerator.from_pretrained(
+                gc.model,
+                device=gc.device or device,
+                dtype=gc.dtype,
+                revision=gc.revision,
+                num_inference_steps=gc.num_inference_steps,
+                guidance_scale=gc.guidance_scale,
+                height=gc.height,
+                width=gc.width,
+                batch_size=gc.batch_size,
+                call_kwargs=gc.call_kwargs,
+            )
     if not reward_set.needs_image:
         generator = None  # nothing looks at images: do not spend time rendering them
 
@@ -669,6 +674,7 @@ def train(
         state = load_checkpoint(
             ckpt, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator
         )
+        apply_optim_settings(optimizer, scheduler, config.optim)
         start = int(state["step"])
         if state["data_position"] != start * config.grpo.prompts_per_step:
             raise ConfigError(
@@ -679,7 +685,8 @@ def train(
             tracker.load_state_dict(state["tracker"])
     logger = MetricsLog(out_dir, config, start) if accelerator.is_main_process else None
     if accelerator.is_main_process:
-        atomic_write_json(out_dir / "manifest.json", _manifest(config, reward_set, generator, world))
+        manifest = _manifest(config, reward_set, generator, world)
+        atomic_write_json(out_dir / "manifest.json", {**manifest, "history": history})
 
     # ---- the loop
     per_rank = config.grpo.prompts_per_step // world
@@ -767,6 +774,7 @@ def train(
             state = {
                 "data_position": (step + 1) * config.grpo.prompts_per_step,
                 "world_size": world,
+                "config": config.to_dict(),
                 "tracker": tracker.state_dict() if tracker is not None else None,
             }
             last_ckpt = save_checkpoint(
@@ -932,7 +940,8 @@ def _manifest(config: TrainConfig, reward_set: RewardSet, generator: Any, world:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness.train", description="GRPO training of a prompt rewriter")
+    parser = argparse.ArgumentParser(prog="evalsuite.harness.train",
+                                     description="GRPO training of a prompt rewriter")
     parser.add_argument("--config", required=True, help="YAML recipe (harness/recipes/*.yaml)")
     parser.add_argument(
         "--set",

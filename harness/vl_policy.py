@@ -2,7 +2,7 @@
 
 At chosen denoising steps the frozen flow model's decoded x̂0 preview and the ORIGINAL prompt are shown to
 a multimodal LM, which answers ``<think> … </think><answer> refined prompt </answer>``; the answer conditions
-the following steps (malformed → the original prompt, as in ``harness.rewriter``). GRPO needs the exact
+the following steps (malformed → the original prompt, as in ``rewriter.py``). GRPO needs the exact
 log-prob of every sampled token, so, as in the text rewriter, ``completion_logprobs`` is the ONE definition
 of that log-prob: sampling draws from softmax(logits / T) with nothing else applied (top-k/top-p and
 repetition penalty are off; ``generate`` is not used because it merges generation_config's settings), and
@@ -21,7 +21,7 @@ Two Qwen2.5-VL details decide correctness:
   then an ordinary token instead of a feature-count mismatch crash inside the model.
 
 Prompts are left-padded (the KV-cache decode appends one column for every row) and completions
-right-padded, as in ``harness.rewriter.Rollout``; positions count real tokens only, so a row's log-probs do
+right-padded, as in ``rewriter.Rollout``; positions count real tokens only, so a row's log-probs do
 not depend on which rows share its batch (up to float rounding).
 """
 
@@ -33,13 +33,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
+from evalsuite.harness.model_source import loading
+from evalsuite.harness.rewriter import (
+    ParsedCompletion,
+    _adapter_disabled,
+    _end_token_ids,
+    add_lora,
+    parse_completion,
+)
 from PIL import Image
 
+from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
-from harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
-from harness.rewriter import ParsedCompletion, _adapter_disabled, _end_token_ids, add_lora, parse_completion
-from rewards import _qwen_vl as qvl
 
 # Our own wording of PromptLoop's instruction (the paper's prompt is not public).
 DEFAULT_VL_SYSTEM_PROMPT = (
@@ -493,10 +500,11 @@ def build_vl_policy(
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     qvl.check_pixel_budget(min_pixels, max_pixels)
-    processor = qvl.load_processor(config.model, config.revision)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
-    ).to(device)
+    with loading("policy.model", config.model):
+        processor = qvl.load_processor(config.model, config.revision)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
+        ).to(device)
     if lora:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # LoRA A matrices are random

@@ -1,4 +1,4 @@
-"""One loader for open_clip models (CLIPScore, GenEval's colour classifier) and a tiny open_clip for tests.
+"""One loader for open_clip models (CLIPScore, GenEval's colour classifier).
 
 Why a shared loader: the official benchmarks load OpenAI CLIP through ``clip.load`` / open_clip 2.x, which
 build the OpenAI weights with QuickGELU. open_clip 3.x builds ``ViT-B-32`` / ``ViT-L-14`` with plain GELU
@@ -18,7 +18,8 @@ Three ways to name a model:
       load_open_clip("ViT-L-14", "/ckpt/vit_l_14_openai.safetensors", quick_gelu=True)
 
 * a folder holding ``open_clip_config.json`` + weights (open_clip's ``local-dir:`` layout); the tiny
-  models written by :func:`write_tiny_open_clip` use it, and a reward gets one by ``model=<folder>``::
+  models written by ``evalsuite.tiny.open_clip.write_tiny_open_clip`` use it, and a reward gets one by
+  ``model=<folder>``::
 
       folder = write_tiny_open_clip(tmp, "ViT-L-14", seed=0)
       load_open_clip(str(folder))                     # or CLIPScore(model=str(folder))
@@ -31,7 +32,6 @@ Three ways to name a model:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,7 +44,6 @@ from evalsuite.errors import ConfigError
 
 __all__ = [
     "CONFIG_FILE",
-    "TINY_ARCHES",
     "WEIGHTS_FILE",
     "TokenizedText",
     "encode_images",
@@ -52,7 +51,6 @@ __all__ = [
     "load_open_clip",
     "local_model_dir",
     "tokenize",
-    "write_tiny_open_clip",
     "zero_shot_classifier",
 ]
 
@@ -61,14 +59,6 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 LOCAL_DIR = "local-dir:"
 
 _PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-# Tiny stand-ins: same block types and pooling as the real towers (QuickGELU like OpenAI's weights,
-# argmax/EOT text pooling, 77-token context, the real 49408-token BPE vocabulary), far smaller.
-TINY_ARCHES: dict[str, dict[str, Any]] = {
-    "ViT-B-32": {"image_size": 32, "patch_size": 16},
-    "ViT-L-14": {"image_size": 32, "patch_size": 8},
-}
-
 
 def _open_clip():
     """open_clip is a core dependency, imported on first use only (it pulls in timm and torchvision)."""
@@ -216,50 +206,3 @@ def zero_shot_classifier(
         emb = encode_texts(model, tokenizer(prompts))
         columns.append(torch.nn.functional.normalize(emb.mean(dim=0), dim=-1))
     return torch.stack(columns, dim=1)
-
-
-# -- tiny model for offline tests -------------------------------------------------------------------------
-def _tiny_model_cfg(arch: str) -> dict[str, Any]:
-    vision = TINY_ARCHES[arch]
-    return {
-        "embed_dim": 16,
-        "quick_gelu": True,
-        "vision_cfg": {
-            "image_size": vision["image_size"],
-            "patch_size": vision["patch_size"],
-            "layers": 1,
-            "width": 32,
-            "head_width": 16,
-        },
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
-
-
-def write_tiny_open_clip(out_dir: str | os.PathLike[str], arch: str = "ViT-L-14", seed: int = 0) -> Path:
-    """Write a seeded tiny open_clip model mimicking ``<arch>`` (openai) into ``out_dir`` and return it.
-
-    The folder is open_clip's ``local-dir:`` layout (``open_clip_config.json`` with OpenAI preprocessing +
-    ``open_clip_model.safetensors``) plus ``tiny-<arch>.json`` (the bare architecture config, registerable
-    with ``open_clip.add_model_config``). The tokenizer is open_clip's real CLIP BPE, so token counts and
-    truncation are the real ones. Same seed -> byte-identical files. Pass ``str(folder)`` as the model.
-    """
-    if arch not in TINY_ARCHES:
-        raise ConfigError(f"write_tiny_open_clip: unknown arch {arch!r}; choose from {sorted(TINY_ARCHES)}")
-    open_clip = _open_clip()
-    from safetensors.torch import save_file
-
-    from evalsuite.tiny._common import seeded
-
-    cfg = _tiny_model_cfg(arch)
-    with seeded(seed, "open_clip", arch):
-        model = open_clip.CLIP(**cfg)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE))
-    pre = open_clip.get_pretrained_cfg("ViT-B-32", "openai")  # OpenAI mean/std, bicubic, shortest-side resize
-    preprocess_cfg = {k: pre[k] for k in ("mean", "std", "interpolation", "resize_mode")}
-    full = {"model_cfg": cfg, "preprocess_cfg": preprocess_cfg}
-    (out / CONFIG_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-    (out / f"tiny-{arch}.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return out

@@ -4,7 +4,7 @@ T2I-CompBench's non-spatial category (``CLIPScore_eval/CLIP_similarity.py``) loa
 preprocesses with resize-shortest-side-224 (bicubic) + centre crop + OpenAI mean/std, L2-normalises both
 embeddings and reports their dot product: no ×100 logit scale and no ×2.5 / clamp-at-0 (that is Hessel et
 al.'s reference-free CLIPScore, a different number). ``variant="ViT-L-14"`` gives the same cosine with the
-OpenAI ViT-L-14 that GenEval's colour test uses. Both load through open_clip (see ``rewards.clip_models``
+OpenAI ViT-L-14 that GenEval's colour test uses. Both load through open_clip (see ``clip_models``
 for the QuickGELU fix that makes open_clip 3.x build OpenAI's network).
 
 Text: T2I-CompBench calls ``clip.tokenize(prompt)`` without ``truncate=True``, so a prompt over 77 tokens
@@ -18,14 +18,22 @@ the same open_clip mixed precision. The default float32 is what the official scr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from evalsuite.rewards.clip_family import EncodedPrompts, cosine, embed_pairs
+from evalsuite.rewards.clip_models import (
+    encode_images,
+    encode_texts,
+    load_open_clip,
+    local_model_dir,
+    tokenize,
+)
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
-from rewards.clip_models import encode_images, encode_texts, load_open_clip, local_model_dir, tokenize
 
 __all__ = ["VARIANTS", "CLIPScore", "clipscore"]
 
@@ -38,9 +46,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
 
 def clipscore(text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
     """Pure rule: per pair i, ``cos(text_i, image_i)`` in float32 — the raw value, no scale, no clamp."""
-    t = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
-    v = torch.nn.functional.normalize(image_embeds.float(), dim=-1)
-    return (t * v).sum(dim=-1)
+    return cosine(text_embeds, image_embeds)
 
 
 class CLIPScore(Reward):
@@ -48,8 +54,8 @@ class CLIPScore(Reward):
 
     ``variant``: ``"ViT-B-32"`` (default, T2I-CompBench) or ``"ViT-L-14"``, both OpenAI weights.
     ``model``: instead, any open_clip architecture name (with ``pretrained``: a tag or a checkpoint file),
-    or a folder in open_clip's ``local-dir`` layout (e.g. :func:`rewards.clip_models.write_tiny_open_clip`).
-    ``quick_gelu``: None follows the pretrained tag (see :func:`rewards.clip_models.load_open_clip`).
+    or a folder in open_clip's ``local-dir`` layout (e.g. ``evalsuite.tiny.open_clip.write_tiny_open_clip``).
+    ``quick_gelu``: None follows the pretrained tag (see :func:`.clip_models.load_open_clip`).
     """
 
     name = "clipscore"
@@ -94,18 +100,14 @@ class CLIPScore(Reward):
             self.model_id, self.pretrained, device=self.device, dtype=self.dtype, quick_gelu=self.quick_gelu
         )
 
-    def _score_batch(self, samples: list[Sample]) -> list[Score]:
-        prompts = list(dict.fromkeys(s.prompt for s in samples))  # a GRPO group shares one prompt
-        where = {p: i for i, p in enumerate(prompts)}
+    def _encode_prompts(self, prompts: list[str]) -> EncodedPrompts:
         tokens = tokenize(self.tokenizer, prompts)
-        pixels = torch.stack([self.preprocess(s.image) for s in samples])
-        image_embeds = encode_images(self.model, pixels)
-        text_embeds = encode_texts(self.model, tokens.ids)
-        rows = torch.tensor([where[s.prompt] for s in samples], device=text_embeds.device)
-        values = clipscore(text_embeds[rows], image_embeds)
-        out = []
-        for s, value in zip(samples, values.tolist()):
-            k = where[s.prompt]
-            details = {"token_count": tokens.token_counts[k], "truncated": tokens.truncated[k]}
-            out.append(Score(value, details))
-        return out
+        return EncodedPrompts(encode_texts(self.model, tokens.ids), tokens.token_counts, tokens.truncated)
+
+    def _encode_images(self, samples: Sequence[Sample]) -> torch.Tensor:
+        return encode_images(self.model, torch.stack([self.preprocess(s.image) for s in samples]))
+
+    def _score_batch(self, samples: list[Sample]) -> list[Score]:
+        pairs = embed_pairs(samples, self._encode_prompts, self._encode_images)
+        values = clipscore(pairs.text, pairs.image)
+        return [Score(value, pairs.token_details(i)) for i, value in enumerate(values.tolist())]

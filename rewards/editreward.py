@@ -43,10 +43,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
-from rewards import _qwen_vl as qvl
 
 REWARD_TOKEN = "<|Reward|>"
 EDITREWARD_PIXELS = 256 * 28 * 28  # the official min_pixels = max_pixels
@@ -384,36 +384,3 @@ class EditReward(Reward):
             })
             for i in range(len(samples))
         ]
-
-
-def write_tiny_editreward(out_dir: str | os.PathLike[str], seed: int = 0) -> dict[str, Path]:
-    """A tiny EditReward in the official layout: ``out_dir/base`` (tiny Qwen2.5-VL config + processor, the
-    stand-in for ``Qwen/Qwen2.5-VL-7B-Instruct``) and ``out_dir/checkpoint/model.safetensors`` (backbone with
-    the vocabulary resized for ``<|Reward|>`` + two default-shape heads). Same seed -> same bytes."""
-    from safetensors.torch import save_file
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
-    from evalsuite.tiny._common import seeded
-    from evalsuite.tiny.qwen_vl import write_qwen2_5_vl
-
-    out = Path(out_dir)
-    base, ckpt = out / "base", out / "checkpoint"
-    base.mkdir(parents=True, exist_ok=True)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    write_qwen2_5_vl(base, seed)
-    tokenizer = AutoProcessor.from_pretrained(base).tokenizer
-    tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
-    with seeded(seed, "editreward", "resize"):
-        model.resize_token_embeddings(len(tokenizer))
-    hidden = model.config.text_config.hidden_size
-    with seeded(seed, "editreward", "heads"):
-        heads = nn.ModuleDict({
-            f"head_{i}": nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05),
-                                       nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2))
-            for i in range(2)
-        })
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    state.update({f"rm_heads.{k}": v.contiguous() for k, v in heads.state_dict().items()})
-    save_file(state, str(ckpt / "model.safetensors"))
-    return {"base": base, "checkpoint": ckpt}

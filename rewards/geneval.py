@@ -4,7 +4,7 @@ What the official scorer (djghosh13/geneval ``evaluation/evaluate_images.py``) d
 for a whole batch: an instance-segmentation detector gives per-class boxes, scores and masks; objects
 named by colour clauses are masked onto flat ``#999`` grey, cropped to their box and classified by CLIP
 ViT-L-14 (OpenAI weights) zero-shot over GenEval's 10 colours with 3 prompt templates averaged; the pure
-rule in :mod:`rewards.geneval_rules` turns that into a verdict, in one of three modes (``official``,
+rule in :mod:`evalsuite.rewards.geneval_rules` turns that into a verdict, in one of three modes (``official``,
 ``strict``, ``partial``; see that module).
 
 Two detector backends produce the same detections structure (``{GenEval class: [{"box", "score",
@@ -37,13 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-
-from evalsuite.errors import ConfigError
-from evalsuite.optional import require
-from evalsuite.reward import Reward, Score
-from evalsuite.sample import Sample
-from rewards.geneval_rules import (
+from evalsuite.rewards.geneval_rules import (
     COLORS,
     MODES,
     Detection,
@@ -53,6 +47,12 @@ from rewards.geneval_rules import (
     keep_detections,
     validate_metadata,
 )
+from PIL import Image
+
+from evalsuite.errors import ConfigError
+from evalsuite.optional import require
+from evalsuite.reward import Reward, Score
+from evalsuite.sample import Sample
 
 __all__ = [
     "BACKENDS",
@@ -332,7 +332,7 @@ class ColorClassifier:
         self._weights: dict[str, torch.Tensor] = {}
 
     def load(self) -> ColorClassifier:
-        from rewards.clip_models import load_open_clip
+        from evalsuite.rewards.clip_models import load_open_clip
 
         self.model, self.preprocess, self.tokenizer = load_open_clip(
             self.model_name, self.pretrained, device=self.device, dtype=self.dtype
@@ -342,7 +342,7 @@ class ColorClassifier:
     def weights(self, classname: str) -> torch.Tensor:
         """``[embed_dim, 10]`` zero-shot weights for one object class (cached: the prompts name the class)."""
         if classname not in self._weights:
-            from rewards.clip_models import zero_shot_classifier
+            from evalsuite.rewards.clip_models import zero_shot_classifier
 
             self._weights[classname] = zero_shot_classifier(
                 self.model, self.tokenizer, COLORS, color_templates(classname)
@@ -354,7 +354,7 @@ class ColorClassifier:
 
     def logits(self, items: Sequence[tuple[Image.Image, Detection, str]]) -> torch.Tensor:
         """``[n, 10]`` cosine similarity of each crop to each colour's prompt embedding (one CLIP forward)."""
-        from rewards.clip_models import encode_images
+        from evalsuite.rewards.clip_models import encode_images
 
         emb = encode_images(self.model, self.pixels(items))
         return torch.stack([e @ self.weights(cls).to(e.device) for e, (_, _, cls) in zip(emb, items)])
@@ -379,6 +379,12 @@ class GenEvalReward(Reward):
     default_model = "facebook/mask2former-swin-small-coco-instance"
     required_metadata = ("tag", "include")
     backend = "transformers"
+    object_names = GENEVAL_OBJECT_NAMES  # the detector's vocabulary: benchmarks read it by registered name
+
+    @staticmethod
+    def check_metadata(metadata: dict[str, Any]) -> None:
+        """Raise ``ValueError`` naming the problem when ``metadata`` is not a scorable GenEval record."""
+        validate_metadata(metadata, GENEVAL_OBJECT_NAMES)
 
     def __init__(
         self,

@@ -28,7 +28,8 @@ Three modes, all from one function (:func:`evaluate`):
       whether or not it broke out); "a dog right of a cat" with one of each but the dog on the left scores
       ``mean(1, 1, 0, 1) = 0.75``. Reproduced on purpose, so our numbers match Flow-GRPO's.
 
-    No include clause at all gives ``0.0``.
+    Metadata without include clauses is refused in every mode (``ValueError``): it asks for nothing, so
+    the official rule would call every image correct (partial credit: 0.0).
 
 Detections (the structure both detector backends produce): ``{class name: [Detection, ...]}`` with each
 list sorted by descending score; ``Detection`` is a dict ``{"box": [x1, y1, x2, y2], "score": float,
@@ -152,6 +153,8 @@ def validate_metadata(metadata: Mapping[str, Any], classnames: Sequence[str] | N
             raise ValueError("GenEval metadata has no 'include' clauses")
         if not isinstance(clauses, Sequence) or isinstance(clauses, (str, bytes)):
             raise ValueError(f"GenEval metadata {key!r} must be a list of clauses, got {clauses!r}")
+        if key == "include":
+            _require_include(clauses)
         for i, clause in enumerate(clauses):
             label = f"{key}[{i}]"
             if not isinstance(clause, Mapping):
@@ -176,6 +179,13 @@ def validate_metadata(metadata: Mapping[str, Any], classnames: Sequence[str] | N
                     raise ValueError(f"GenEval {label}: relation {rel!r} is not one of {POSITIONS}")
                 if not isinstance(ref, int) or isinstance(ref, bool) or not 0 <= ref < i:
                     raise ValueError(f"GenEval {label}: position reference {ref!r} is not an earlier include")
+
+
+def _require_include(clauses: Any) -> None:
+    if not clauses:
+        raise ValueError(
+            "GenEval metadata 'include' is empty: it requires nothing, so every image would be judged correct"
+        )
 
 
 # -- detections --------------------------------------------------------------------------------------------
@@ -303,6 +313,7 @@ def evaluate(
 ) -> RuleResult:
     """Judge one image from its kept detections (see the module docstring for the three modes)."""
     _check_mode(mode)
+    _require_include(metadata.get("include"))
     if mode == "official":
         return _evaluate_official(kept, metadata, colors, thresholds)
     return _evaluate_flow_grpo(kept, metadata, colors, thresholds, mode)

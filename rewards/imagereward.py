@@ -2,7 +2,8 @@
 
 The official package (``image-reward``) does not import under transformers 5, so this module reads the
 official checkpoint format itself -- ``ImageReward.pt`` (a flat state dict of the official ``ImageReward``
-module) plus ``med_config.json`` (the BERT text encoder's config) -- and converts the official key names onto
+module) plus ``med_config.json`` (the BERT text encoder's config) -- and converts the official key names
+(:mod:`.imagereward_checkpoint`) onto
 
 * ``transformers.BlipVisionModel`` -- the official BLIP ViT (``blip.visual_encoder``: timm-style pre-norm
   blocks with a fused qkv projection, LayerNorm eps 1e-6, exact GELU, head dim 64);
@@ -30,19 +31,15 @@ as the official scorer does: the rest of a dense prompt is not seen. Every score
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
 import json
-import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from evalsuite.rewards import imagereward_checkpoint as checkpoint
 from PIL import Image
 from torch import nn
 
@@ -56,16 +53,12 @@ __all__ = [
     "MAX_TEXT_TOKENS",
     "SCORE_MEAN",
     "SCORE_STD",
-    "ConvertedCheckpoint",
     "ImageReward",
     "ImageRewardHead",
     "ImageRewardModel",
-    "convert_imagereward_state_dict",
-    "map_official_key",
     "normalize_score",
     "preprocess_images",
     "tokenize_prompts",
-    "write_tiny_imagereward",
 ]
 
 # Official constants (ImageReward/ImageReward.py).
@@ -75,16 +68,9 @@ MAX_TEXT_TOKENS = 35
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-WEIGHTS_PT = "ImageReward.pt"
-WEIGHTS_SAFETENSORS = "ImageReward.safetensors"
-MED_CONFIG = "med_config.json"
 # What the official ``init_tokenizer`` loads ("bert-base-uncased", now hosted under google-bert/).
 DEFAULT_TOKENIZER = "google-bert/bert-base-uncased"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
-
-_VIT_HEAD_DIM = 64  # the official BLIP ViTs: base 768/12 heads, large 1024/16 heads
-_VIT_LAYER_NORM_EPS = 1e-6  # vit.py: partial(nn.LayerNorm, eps=1e-6)
-_HEAD_LINEAR_INDICES = (0, 2, 4, 6, 7)  # nn.Sequential positions of the Linear layers in the official MLP
 
 
 # ----------------------------------------------------------------------------------------------- pure rules
@@ -93,95 +79,6 @@ _HEAD_LINEAR_INDICES = (0, 2, 4, 6, 7)  # nn.Sequential positions of the Linear 
 def normalize_score(raw: float) -> float:
     """The official normalization of the MLP output: ``(s - mean) / std``."""
     return (raw - SCORE_MEAN) / SCORE_STD
-
-
-# Official key -> (component, transformers key). Order does not matter: patterns are disjoint.
-_VISION_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(p), r)
-    for p, r in (
-        (r"cls_token", "embeddings.class_embedding"),
-        (r"pos_embed", "embeddings.position_embedding"),
-        (r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embedding.\1"),
-        (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"encoder.layers.\1.layer_norm1.\2"),
-        (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"encoder.layers.\1.self_attn.qkv.\2"),
-        (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.projection.\2"),
-        (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"encoder.layers.\1.layer_norm2.\2"),
-        (r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"encoder.layers.\1.mlp.\2.\3"),
-        (r"norm\.(weight|bias)", r"post_layernorm.\1"),
-    )
-)
-# BLIP's med.py BERT and transformers' BlipTextModel share their module names (BlipText was ported from it).
-_TEXT_RULES: tuple[re.Pattern[str], ...] = tuple(
-    re.compile(p)
-    for p in (
-        r"embeddings\.(word_embeddings|position_embeddings)\.weight",
-        r"embeddings\.LayerNorm\.(weight|bias)",
-        r"encoder\.layer\.\d+\.(attention|crossattention)\.self\.(query|key|value)\.(weight|bias)",
-        r"encoder\.layer\.\d+\.(attention|crossattention)\.output\.(dense|LayerNorm)\.(weight|bias)",
-        r"encoder\.layer\.\d+\.intermediate\.dense\.(weight|bias)",
-        r"encoder\.layer\.\d+\.output\.(dense|LayerNorm)\.(weight|bias)",
-    )
-)
-_PREFIXES = {"vision": "blip.visual_encoder.", "text": "blip.text_encoder.", "head": "mlp."}
-# Keys the official module holds but its scorer never uses (ITC projections; a position-id buffer that
-# older transformers versions saved), so dropping them cannot change a score.
-_UNUSED_OFFICIAL = re.compile(
-    r"blip\.(vision_proj|text_proj)\.(weight|bias)|blip\.text_encoder\.embeddings\.position_ids"
-)
-
-
-def map_official_key(key: str) -> tuple[str, str] | None:
-    """Where one official ``ImageReward.pt`` key goes: ``(component, key)`` with component in
-    ``vision``/``text``/``head``, or ``None`` for a key the official scorer does not use.
-
-    Raises ``ConfigError`` for an unknown key inside a module the scorer does use (dropping it silently
-    could change the numbers).
-    """
-    if _UNUSED_OFFICIAL.fullmatch(key):
-        return None
-    if key.startswith(_PREFIXES["vision"]):
-        rest = key.removeprefix(_PREFIXES["vision"])
-        for pattern, repl in _VISION_RULES:
-            if pattern.fullmatch(rest):
-                return "vision", pattern.sub(repl, rest)
-    elif key.startswith(_PREFIXES["text"]):
-        rest = key.removeprefix(_PREFIXES["text"])
-        if any(pattern.fullmatch(rest) for pattern in _TEXT_RULES):
-            return "text", rest
-    elif key.startswith(_PREFIXES["head"]):
-        m = re.fullmatch(r"mlp\.layers\.(\d+)\.(weight|bias)", key)
-        if m and int(m.group(1)) in _HEAD_LINEAR_INDICES:
-            return "head", f"linears.{_HEAD_LINEAR_INDICES.index(int(m.group(1)))}.{m.group(2)}"
-    else:
-        # Outside the modules the scorer runs; the official loader (strict=False) ignores these too.
-        return None
-    raise ConfigError(f"ImageReward checkpoint: unknown key {key!r} in a module the scorer uses")
-
-
-@dataclass(frozen=True)
-class ConvertedCheckpoint:
-    """An official state dict split into transformers-named state dicts, plus what was left out and why."""
-
-    vision: dict[str, torch.Tensor]
-    text: dict[str, torch.Tensor]
-    head: dict[str, torch.Tensor]
-    ignored: tuple[str, ...]
-
-
-def convert_imagereward_state_dict(state_dict: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
-    """Rename every official key (see :func:`map_official_key`); tensors are shared, not copied."""
-    parts: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "text": {}, "head": {}}
-    ignored: list[str] = []
-    for key, tensor in state_dict.items():
-        target = map_official_key(key)
-        if target is None:
-            ignored.append(key)
-        else:
-            parts[target[0]][target[1]] = tensor
-    for name, part in parts.items():
-        if not part:
-            raise ConfigError(f"checkpoint has no {_PREFIXES[name]}* weights: not an ImageReward.pt")
-    return ConvertedCheckpoint(parts["vision"], parts["text"], parts["head"], tuple(ignored))
 
 
 def tokenize_prompts(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -233,59 +130,6 @@ class ImageRewardHead(nn.Module):
         return features
 
 
-def _vision_config(vision: Mapping[str, torch.Tensor]):
-    """BLIP ViT hyper-parameters read off the weights (the official code hard-codes ViT-L/16 at 224)."""
-    from transformers import BlipVisionConfig
-
-    hidden = vision["embeddings.class_embedding"].shape[-1]
-    patch = vision["embeddings.patch_embedding.weight"].shape[-1]
-    n_patches = vision["embeddings.position_embedding"].shape[1] - 1
-    grid = math.isqrt(n_patches)
-    if grid * grid != n_patches or hidden % _VIT_HEAD_DIM:
-        raise ConfigError(f"ImageReward checkpoint: unexpected ViT (width {hidden}, {n_patches} patches)")
-    layers = 1 + max(int(k.split(".")[2]) for k in vision if k.startswith("encoder.layers."))
-    return BlipVisionConfig(
-        hidden_size=hidden,
-        intermediate_size=vision["encoder.layers.0.mlp.fc1.weight"].shape[0],
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // _VIT_HEAD_DIM,
-        image_size=grid * patch,
-        patch_size=patch,
-        hidden_act="gelu",
-        layer_norm_eps=_VIT_LAYER_NORM_EPS,
-        attention_dropout=0.0,
-    )
-
-
-def _text_config(med: Mapping[str, Any], vision_width: int):
-    """BlipTextConfig from the official med_config.json (``encoder_width`` is overridden by the ViT width,
-    as ``BLIP_Pretrain`` does)."""
-    from transformers import BlipTextConfig
-
-    if not med.get("add_cross_attention", False):
-        raise ConfigError("ImageReward med_config.json: add_cross_attention must be true")
-    if med.get("position_embedding_type", "absolute") != "absolute":
-        raise ConfigError("ImageReward med_config.json: only absolute position embeddings are supported")
-    return BlipTextConfig(
-        vocab_size=int(med["vocab_size"]),
-        hidden_size=int(med["hidden_size"]),
-        encoder_hidden_size=int(vision_width),
-        intermediate_size=int(med["intermediate_size"]),
-        num_hidden_layers=int(med["num_hidden_layers"]),
-        num_attention_heads=int(med["num_attention_heads"]),
-        max_position_embeddings=int(med["max_position_embeddings"]),
-        hidden_act=str(med.get("hidden_act", "gelu")),
-        layer_norm_eps=float(med.get("layer_norm_eps", 1e-12)),
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=int(med.get("pad_token_id", 0)),
-        bos_token_id=None,  # generation ids: unused by an encoder, and the defaults assume BERT's vocabulary
-        eos_token_id=None,
-        sep_token_id=None,
-        is_decoder=True,  # builds the cross-attention layers; forward still runs bidirectionally
-    )
-
-
 class ImageRewardModel(nn.Module):
     """BLIP ViT + cross-attention BERT + MLP head; ``forward`` returns the raw (unnormalized) scores."""
 
@@ -302,14 +146,15 @@ class ImageRewardModel(nn.Module):
     @classmethod
     def from_official(
         cls, state_dict: Mapping[str, torch.Tensor], med_config: Mapping[str, Any]
-    ) -> tuple[ImageRewardModel, ConvertedCheckpoint]:
+    ) -> tuple[ImageRewardModel, checkpoint.ConvertedCheckpoint]:
         """Build the modules from the official checkpoint; every module weight must come from it (strict)."""
         from transformers import BlipTextModel, BlipVisionModel
 
-        conv = convert_imagereward_state_dict(state_dict)
-        vision_config = _vision_config(conv.vision)
+        conv = checkpoint.convert_imagereward_state_dict(state_dict)
+        vision_config = checkpoint.vision_config(conv.vision)
         vision = BlipVisionModel(vision_config)
-        text = BlipTextModel(_text_config(med_config, vision_config.hidden_size), add_pooling_layer=False)
+        text_config = checkpoint.text_config(med_config, vision_config.hidden_size)
+        text = BlipTextModel(text_config, add_pooling_layer=False)
         n_head = len(conv.head) // 2
         widths = [conv.head[f"linears.{i}.weight"].shape[1] for i in range(n_head)]
         head = ImageRewardHead([*widths, conv.head[f"linears.{n_head - 1}.weight"].shape[0]])
@@ -339,47 +184,6 @@ class ImageRewardModel(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- loading
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ConfigError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return dict(state)
-
-
-def _resolve_files(model_id: str, revision: str | None) -> tuple[Path, Path, Path | None]:
-    """(weights, med_config, local folder or None) for a hub repo, a local folder or a weights file."""
-    path = Path(model_id).expanduser()
-    if path.is_file():
-        folder = path.parent
-        weights = path
-    elif path.is_dir():
-        folder = path
-        found = [folder / n for n in (WEIGHTS_SAFETENSORS, WEIGHTS_PT) if (folder / n).is_file()]
-        weights = found[0] if found else None
-        if weights is None:
-            raise ConfigError(f"ImageReward: {folder} has neither {WEIGHTS_SAFETENSORS} nor {WEIGHTS_PT}")
-    else:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            weights = Path(hf_hub_download(model_id, WEIGHTS_PT, revision=revision))
-            med = Path(hf_hub_download(model_id, MED_CONFIG, revision=revision))
-        except Exception as e:  # offline, unknown repo, missing file: say what was looked for
-            raise ConfigError(
-                f"ImageReward: cannot fetch {WEIGHTS_PT} and {MED_CONFIG} from hub repo {model_id!r} "
-                f"(revision {revision!r}): {e}"
-            ) from e
-        return weights, med, None
-    med = folder / MED_CONFIG
-    if not med.is_file():
-        raise ConfigError(f"ImageReward: {MED_CONFIG} not found next to the weights in {folder}")
-    return weights, med, folder
 
 
 def _load_tokenizer(source: str | Path):
@@ -427,9 +231,9 @@ class ImageReward(Reward):
         }
 
     def _load(self) -> None:
-        weights, med_path, folder = _resolve_files(str(self.model_id), self.revision)
+        weights, med_path, folder = checkpoint.resolve_files(str(self.model_id), self.revision)
         med_config = json.loads(med_path.read_text(encoding="utf-8"))
-        model, conv = ImageRewardModel.from_official(_read_state_dict(weights), med_config)
+        model, conv = ImageRewardModel.from_official(checkpoint.read_state_dict(weights), med_config)
         self.ignored_keys = conv.ignored
         self._model = model.to_runtime(self.device, self.dtype)
         source: str | Path = self.tokenizer_id or DEFAULT_TOKENIZER
@@ -463,137 +267,3 @@ class ImageReward(Reward):
             Score(normalize_score(r), {"raw_score": r, "n_tokens": n, "truncated": n > MAX_TEXT_TOKENS})
             for r, n in zip(raw, n_tokens)
         ]
-
-
-# ------------------------------------------------------------------------------------- tiny checkpoint
-
-
-def _generator(seed: int, *parts: str) -> torch.Generator:
-    digest = hashlib.sha256(":".join((str(seed), "imagereward", *parts)).encode("utf-8")).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def _official_state_dict(
-    gen: torch.Generator, *, vision_width: int, vision_layers: int, image_size: int, patch_size: int,
-    text_width: int, text_layers: int, vocab_size: int, max_positions: int, head_widths: Sequence[int],
-    proj_dim: int,
-) -> dict[str, torch.Tensor]:
-    """Random weights under the official ``ImageReward`` module's key names and shapes.
-
-    Scales keep activations O(1) (unit-variance linears, LayerNorm gains near 1) so that scores differ
-    clearly between images and prompts and a wrong wiring cannot hide under a tolerance.
-    """
-    sd: dict[str, torch.Tensor] = {}
-
-    def linear(name: str, n_in: int, n_out: int) -> None:
-        sd[f"{name}.weight"] = torch.randn(n_out, n_in, generator=gen) / math.sqrt(n_in)
-        sd[f"{name}.bias"] = 0.1 * torch.randn(n_out, generator=gen)
-
-    def norm(name: str, n: int) -> None:
-        sd[f"{name}.weight"] = 1.0 + 0.1 * torch.randn(n, generator=gen)
-        sd[f"{name}.bias"] = 0.1 * torch.randn(n, generator=gen)
-
-    v, n_patches = "blip.visual_encoder", (image_size // patch_size) ** 2
-    sd[f"{v}.cls_token"] = torch.randn(1, 1, vision_width, generator=gen)
-    sd[f"{v}.pos_embed"] = 0.5 * torch.randn(1, n_patches + 1, vision_width, generator=gen)
-    fan_in = 3 * patch_size * patch_size
-    sd[f"{v}.patch_embed.proj.weight"] = torch.randn(
-        vision_width, 3, patch_size, patch_size, generator=gen
-    ) / math.sqrt(fan_in)
-    sd[f"{v}.patch_embed.proj.bias"] = 0.1 * torch.randn(vision_width, generator=gen)
-    for i in range(vision_layers):
-        b = f"{v}.blocks.{i}"
-        norm(f"{b}.norm1", vision_width)
-        linear(f"{b}.attn.qkv", vision_width, 3 * vision_width)
-        linear(f"{b}.attn.proj", vision_width, vision_width)
-        norm(f"{b}.norm2", vision_width)
-        linear(f"{b}.mlp.fc1", vision_width, 4 * vision_width)
-        linear(f"{b}.mlp.fc2", 4 * vision_width, vision_width)
-    norm(f"{v}.norm", vision_width)
-
-    t = "blip.text_encoder"
-    sd[f"{t}.embeddings.position_ids"] = torch.arange(max_positions).unsqueeze(0)
-    sd[f"{t}.embeddings.word_embeddings.weight"] = torch.randn(vocab_size, text_width, generator=gen)
-    sd[f"{t}.embeddings.position_embeddings.weight"] = 0.5 * torch.randn(
-        max_positions, text_width, generator=gen
-    )
-    norm(f"{t}.embeddings.LayerNorm", text_width)
-    for i in range(text_layers):
-        b = f"{t}.encoder.layer.{i}"
-        for kind, kv_width in (("attention", text_width), ("crossattention", vision_width)):
-            linear(f"{b}.{kind}.self.query", text_width, text_width)
-            linear(f"{b}.{kind}.self.key", kv_width, text_width)
-            linear(f"{b}.{kind}.self.value", kv_width, text_width)
-            linear(f"{b}.{kind}.output.dense", text_width, text_width)
-            norm(f"{b}.{kind}.output.LayerNorm", text_width)
-        linear(f"{b}.intermediate.dense", text_width, 4 * text_width)
-        linear(f"{b}.output.dense", 4 * text_width, text_width)
-        norm(f"{b}.output.LayerNorm", text_width)
-
-    linear("blip.vision_proj", vision_width, proj_dim)
-    linear("blip.text_proj", text_width, proj_dim)
-    for index, (n_in, n_out) in zip(_HEAD_LINEAR_INDICES, itertools.pairwise([text_width, *head_widths])):
-        linear(f"mlp.layers.{index}", n_in, n_out)
-    return sd
-
-
-def write_tiny_imagereward(
-    out_dir: str | Path,
-    seed: int = 0,
-    *,
-    vision_width: int = 128,
-    vision_layers: int = 2,
-    image_size: int = 32,
-    patch_size: int = 8,
-    text_width: int = 32,
-    text_layers: int = 2,
-    text_heads: int = 2,
-) -> Path:
-    """Write a tiny ImageReward checkpoint *in the official format* into ``out_dir``; return the folder.
-
-    Files: ``ImageReward.pt`` (official key names; the official MLP widths 1024/128/64/16/1),
-    ``med_config.json`` (the official keys with tiny sizes) and the tokenizer files (uncased BERT WordPiece
-    with ``[DEC]``/``[ENC]``, built offline). The ViT head dim is 64 as in the official ViTs, so
-    ``vision_width`` must be a multiple of 64. Same arguments -> byte-identical files.
-    """
-    from evalsuite.tiny.tokenizers import build_bert_tokenizer
-
-    if vision_width % _VIT_HEAD_DIM or text_width % text_heads or image_size % patch_size:
-        raise ValueError("need vision_width % 64 == text_width % text_heads == image_size % patch_size == 0")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_bert_tokenizer(model_max_length=512, extra_special_tokens=("[DEC]", "[ENC]"))
-    tokenizer.bos_token = "[DEC]"
-    max_positions = 64
-    med_config = {
-        "architectures": ["BertModel"],
-        "attention_probs_dropout_prob": 0.1,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": text_width,
-        "initializer_range": 0.02,
-        "intermediate_size": 4 * text_width,
-        "layer_norm_eps": 1e-12,
-        "max_position_embeddings": max_positions,
-        "model_type": "bert",
-        "num_attention_heads": text_heads,
-        "num_hidden_layers": text_layers,
-        "pad_token_id": tokenizer.pad_token_id,
-        "type_vocab_size": 2,
-        "vocab_size": len(tokenizer),
-        "encoder_width": vision_width,
-        "add_cross_attention": True,
-    }
-    state = _official_state_dict(
-        _generator(seed, "weights"),
-        vision_width=vision_width, vision_layers=vision_layers, image_size=image_size,
-        patch_size=patch_size, text_width=text_width, text_layers=text_layers, vocab_size=len(tokenizer),
-        max_positions=max_positions, head_widths=(1024, 128, 64, 16, 1), proj_dim=16,
-    )
-    buffer = io.BytesIO()  # a buffer, not a path: the archive's root name would otherwise be the file stem
-    torch.save(state, buffer)
-    (out / WEIGHTS_PT).write_bytes(buffer.getvalue())
-    (out / MED_CONFIG).write_text(json.dumps(med_config, indent=2) + "\n", encoding="utf-8")
-    tokenizer.save_pretrained(out)
-    return out
-

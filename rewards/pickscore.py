@@ -12,10 +12,12 @@ as the official code does (``truncation=True, max_length=77``); every sample rep
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from evalsuite.rewards.clip_family import EncodedPrompts, cosine, embed_pairs
 
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
@@ -44,13 +46,6 @@ def features(output: Any, kind: str) -> torch.Tensor:
     raise TypeError(
         f"get_{kind}_features returned {type(output).__name__} with no {kind}_embeds / pooler_output tensor"
     )
-
-
-def cosine(text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine similarity in float32 (pairs, not the full text x image matrix)."""
-    t = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
-    v = torch.nn.functional.normalize(image_embeds.float(), dim=-1)
-    return (t * v).sum(dim=-1)
 
 
 def pickscore(
@@ -113,37 +108,30 @@ class PickScore(Reward):
         self.logit_scale = float(model.logit_scale.detach())
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
 
-    def _token_counts(self, prompts: list[str]) -> list[int]:
-        ids = self.processor.tokenizer(prompts, truncation=False, padding=False, verbose=False)["input_ids"]
-        return [len(x) for x in ids]
-
     @torch.inference_mode()
-    def _embed(self, samples: list[Sample], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model forward only: image embeds per sample, text embeds per unique prompt."""
-        images = self.processor(images=[s.image for s in samples], return_tensors="pt")
+    def _encode_prompts(self, prompts: list[str]) -> EncodedPrompts:
+        """Text embeds per distinct prompt, cut to 77 tokens as the official code does; uncut token counts."""
+        uncut = self.processor.tokenizer(prompts, truncation=False, padding=False, verbose=False)["input_ids"]
+        counts = [len(ids) for ids in uncut]
         texts = self.processor(
             text=prompts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
         )
-        pixels = images["pixel_values"].to(device=self.device, dtype=self.dtype)
-        image_embeds = features(self.model.get_image_features(pixel_values=pixels), "image")
         ids, mask = texts["input_ids"].to(self.device), texts["attention_mask"].to(self.device)
-        text_embeds = features(self.model.get_text_features(input_ids=ids, attention_mask=mask), "text")
-        return text_embeds, image_embeds
+        embeds = features(self.model.get_text_features(input_ids=ids, attention_mask=mask), "text")
+        return EncodedPrompts(embeds, counts, [n > MAX_TOKENS for n in counts])
+
+    @torch.inference_mode()
+    def _encode_images(self, samples: Sequence[Sample]) -> torch.Tensor:
+        images = self.processor(images=[s.image for s in samples], return_tensors="pt")
+        pixels = images["pixel_values"].to(device=self.device, dtype=self.dtype)
+        return features(self.model.get_image_features(pixel_values=pixels), "image")
 
     def _score_batch(self, samples: list[Sample]) -> list[Score]:
-        # A GRPO group shares one prompt: encode each distinct prompt once.
-        prompts = list(dict.fromkeys(s.prompt for s in samples))
-        where = {p: i for i, p in enumerate(prompts)}
-        counts = self._token_counts(prompts)
-        text_embeds, image_embeds = self._embed(samples, prompts)
-        rows = torch.tensor([where[s.prompt] for s in samples], device=text_embeds.device)
-        paired = text_embeds[rows]
-        raw = pickscore(paired, image_embeds, self.logit_scale)
+        pairs = embed_pairs(samples, self._encode_prompts, self._encode_images)
+        raw = pickscore(pairs.text, pairs.image, self.logit_scale)
         values = raw / FLOW_GRPO_NORMALIZER if self.normalize else raw
-        cos = cosine(paired, image_embeds)
-        out = []
-        for s, value, r, c in zip(samples, values.tolist(), raw.tolist(), cos.tolist()):
-            n = counts[where[s.prompt]]
-            details = {"raw": r, "cosine": c, "token_count": n, "truncated": n > MAX_TOKENS}
-            out.append(Score(value, details))
-        return out
+        cos = pairs.cosine()
+        return [
+            Score(value, {"raw": r, "cosine": c, **pairs.token_details(i)})
+            for i, (value, r, c) in enumerate(zip(values.tolist(), raw.tolist(), cos.tolist()))
+        ]

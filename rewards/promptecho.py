@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
+from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
-from rewards import _qwen_vl as qvl
 
 DEFAULT_QUERY = "Describe this image in detail."
 REDUCTIONS = ("mean", "sum")

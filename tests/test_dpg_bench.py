@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from evalsuite.benchmarks import dpg_rules as rules
+from evalsuite.benchmarks.dpg_bench import DPGBench, make_grid, quadrant_box, split_grid, write_official_grids
 from PIL import Image
 
-from benchmarks import dpg_rules as rules
-from benchmarks.dpg_bench import DPGBench, make_grid, quadrant_box, split_grid, write_official_grids
 from evalsuite import ConfigError, DiffusersGenerator, Sample
 from evalsuite.evaluate import evaluate
 

@@ -14,12 +14,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
-
-from evalsuite.errors import ConfigError
-from evalsuite.reward import Reward, Score
-from harness import flow_train
-from harness.config import (
+from evalsuite.harness import flow_train
+from evalsuite.harness.config import (
     DataConfig,
     GRPOSettings,
     LoraSettings,
@@ -28,8 +24,17 @@ from harness.config import (
     RewardsConfig,
     RewardSpec,
 )
-from harness.flow_config import FlowLoraSettings, FlowPolicyConfig, FlowTrainConfig, load_flow_config
-from harness.grpo import OnPolicyError
+from evalsuite.harness.flow_config import (
+    FlowLoraSettings,
+    FlowPolicyConfig,
+    FlowTrainConfig,
+    load_flow_config,
+)
+from evalsuite.harness.grpo import OnPolicyError
+from PIL import Image
+
+from evalsuite.errors import ConfigError
+from evalsuite.reward import Reward, Score
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -122,8 +127,9 @@ def test_flux_learns_a_brightness_reward_and_lr_zero_does_not(flux_runs):
 
 
 def test_run_writes_logs_images_manifest_and_a_loadable_lora(flux_runs, tiny_dir):
+    from evalsuite.harness.flow_policy import FlowPolicy
+
     from evalsuite.generator import DiffusersGenerator, GenerationRequest
-    from harness.flow_policy import FlowPolicy
 
     learned, _ = flux_runs
     out = learned.out_dir
@@ -217,7 +223,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_promptrl_updates_both_models_and_prompt_only_freezes_the_flow(tiny_dir, tmp_path):
-    from harness.rewriter import build_policy, load_rewriter
+    from evalsuite.harness.rewriter import build_policy, load_rewriter
 
     config = make_config(
         tmp_path / "joint",
@@ -256,7 +262,7 @@ def test_promptrl_updates_both_models_and_prompt_only_freezes_the_flow(tiny_dir,
 
 
 def test_promptloop_refines_mid_trajectory_and_trains_the_refiner(tiny_dir, tmp_path):
-    from harness.vl_policy import vl_policy_config
+    from evalsuite.harness.vl_policy import vl_policy_config
 
     config = make_config(
         tmp_path / "loop",
@@ -341,7 +347,7 @@ def test_crash_and_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path, monkey
 
 
 def test_a_broken_sampler_fails_the_on_policy_self_test(tiny_dir, tmp_path, monkeypatch):
-    from harness.flow_policy import FlowPolicy
+    from evalsuite.harness.flow_policy import FlowPolicy
 
     real = FlowPolicy.step_log_prob
 
@@ -407,8 +413,7 @@ def test_parameter_sharding_engines_are_refused_with_a_clear_message():
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
-
-    from harness.train import check_engine
+    from evalsuite.harness.train import check_engine
 
     check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, state=None))
     zero2 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))
@@ -422,8 +427,8 @@ def test_parameter_sharding_engines_are_refused_with_a_clear_message():
 
 @pytest.mark.parametrize("same", [True, False])
 def test_same_initial_noise_in_a_group_is_an_option(tiny_dir, tmp_path, same):
-    from harness.flow_policy import FlowPolicy
-    from harness.rewards import RewardSet
+    from evalsuite.harness.flow_policy import FlowPolicy
+    from evalsuite.harness.rewards import RewardSet
 
     base = make_config(tmp_path, tiny_dir)
     config = replace(base, flow=replace(base.flow, same_noise_in_group=same))
@@ -448,7 +453,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tiny_dir, tmp_p
     path.write_text(yaml.safe_dump(config.to_dict()))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.flow_train", "--config", str(path)],
+        [sys.executable, "-m", "evalsuite.harness.flow_train", "--config", str(path)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from evalsuite.benchmarks.geneval import GenEval, read_metadata
+from evalsuite.benchmarks.geneval_prompts import generate_suite, to_jsonl
+from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES
+from evalsuite.rewards.geneval_rules import validate_metadata
 from PIL import Image
 
-from benchmarks.geneval import GenEval, read_metadata
-from benchmarks.geneval_prompts import generate_suite, to_jsonl
 from evalsuite import DiffusersGenerator, Sample
 from evalsuite.data import resolve
 from evalsuite.evaluate import evaluate
-from rewards.geneval import GENEVAL_OBJECT_NAMES
-from rewards.geneval_rules import validate_metadata
 
 
 def test_generator_reproduces_the_official_prompt_file(data_dir):
@@ -31,9 +31,22 @@ def test_generator_reproduces_the_official_prompt_file(data_dir):
     assert not any(c.get("color") and c["class"] == "person" for item in subset for c in item["include"])
 
 
+def test_metadata_files_with_an_empty_include_are_refused_naming_the_record(tmp_path):
+    from evalsuite.errors import ConfigError
+
+    good = {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"}
+    empty = {"tag": "single_object", "include": [], "prompt": "a photo"}
+    path = tmp_path / "metadata.jsonl"
+    path.write_text(to_jsonl([good, empty]))
+    with pytest.raises(ConfigError, match=r"metadata\.jsonl line 2 \(prompt 00001\): .*'include' is empty"):
+        GenEval(metadata=str(path)).prompts()
+    path.write_text(to_jsonl([good]))
+    assert [r.prompt for r in GenEval(metadata=str(path)).prompts()] == ["a photo of a cat"]
+
+
 @pytest.fixture(scope="module")
 def tiny_geneval(tiny_dir, tmp_path_factory):
-    from rewards.clip_models import write_tiny_open_clip
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     clip = write_tiny_open_clip(tmp_path_factory.mktemp("oc") / "clip", "ViT-L-14", seed=0)
     return {"detector_model": str(tiny_dir / "mask2former"), "clip_model": str(clip),

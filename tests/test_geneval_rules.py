@@ -9,8 +9,7 @@ centre at (5, 5). Default thresholds: 0.3 (strictly greater), counting 0.9, max 
 from __future__ import annotations
 
 import pytest
-
-from rewards.geneval_rules import (
+from evalsuite.rewards.geneval_rules import (
     Thresholds,
     box_iou,
     color_requests,
@@ -365,9 +364,12 @@ def test_color_attr_object_missing():
 
 
 # -- misc --------------------------------------------------------------------------------------------------
-def test_no_include_clause_partial_is_zero():
+@pytest.mark.parametrize("mode", ["official", "strict", "partial"])
+def test_metadata_without_include_clauses_is_refused_in_every_mode(mode):
+    # It asks for nothing: the official rule would call every image correct, partial credit 0.0.
     meta = {"tag": "single_object", "include": []}
-    check(run({"cat": [det()]}, meta), True, True, 0.0)
+    with pytest.raises(ValueError, match="'include' is empty"):
+        evaluate({"cat": [det()]}, meta, mode=mode, colors={"cat": ["red"]})
 
 
 def test_evaluate_rejects_unknown_mode():
@@ -384,7 +386,9 @@ def test_evaluate_rejects_unknown_mode():
     ({"tag": "x", "include": [{"class": "cat", "count": 1},
                               {"class": "dog", "count": 1, "position": ["beside", 0]}]}, "'beside'"),
     ({"tag": "x", "include": [{"class": "mouse", "count": 1}]}, "unknown class 'mouse'"),
-    ({"tag": "x", "include": [], "exclude": [{"class": "cat"}]}, r"exclude\[0\]: 'count'"),
+    ({"tag": "x", "include": []}, "'include' is empty"),
+    ({"tag": "x", "include": [{"class": "dog", "count": 1}], "exclude": [{"class": "cat"}]},
+     r"exclude\[0\]: 'count'"),
 ])
 def test_validate_metadata_names_the_problem(meta, message):
     with pytest.raises(ValueError, match=message):
@@ -394,7 +398,7 @@ def test_validate_metadata_names_the_problem(meta, message):
 def test_validate_metadata_accepts_every_official_record(data_dir):
     import json
 
-    from rewards.geneval import GENEVAL_OBJECT_NAMES
+    from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES
 
     names = [line.strip() for line in (data_dir / "geneval" / "object_names.txt").read_text().splitlines()]
     assert tuple(names) == GENEVAL_OBJECT_NAMES

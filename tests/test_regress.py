@@ -32,8 +32,7 @@ def test_update_then_pass_then_fail_on_perturbation(tmp_path, monkeypatch, capsy
     assert main(["regress", "--baseline", str(baseline)]) == 0
     assert "2 rewards match" in capsys.readouterr().out
 
-    import rewards.brightness as b
-
+    import evalsuite.rewards.brightness as b
     monkeypatch.setattr(b, "LUMA", b.LUMA * np.array([1.0, 1.0, 1.02]))  # a "harmless" refactor
     assert main(["regress", "--baseline", str(baseline)]) == 1
     err = capsys.readouterr().err

@@ -13,21 +13,21 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from evalsuite import Sample, get_reward
-from evalsuite.errors import ConfigError
-from rewards import clip_models
-from rewards.clip_models import (
+from evalsuite.rewards import clip_models
+from evalsuite.rewards.clip_models import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     encode_texts,
     load_open_clip,
     tokenize,
-    write_tiny_open_clip,
     zero_shot_classifier,
 )
-from rewards.clipscore import VARIANTS, CLIPScore, clipscore
+from evalsuite.rewards.clipscore import VARIANTS, CLIPScore, clipscore
+from PIL import Image
+
+from evalsuite import Sample, get_reward
+from evalsuite.errors import ConfigError
+from evalsuite.tiny.open_clip import write_tiny_open_clip
 from tests.reward_tester import CHECKS, RewardSpec
 
 LONG = "a red cube " * 30  # 90 BPE tokens + <|startoftext|> + <|endoftext|> = 92 > 77

@@ -3,11 +3,11 @@
 import math
 
 import pytest
+from evalsuite.rewards.brightness import Brightness
 from PIL import Image
 
 from evalsuite import ConfigError, Reward, Sample, Score
 from evalsuite.errors import MissingBackendError
-from rewards.brightness import Brightness
 
 
 def solid(value: int, size=(8, 8)) -> Image.Image:
@@ -144,4 +144,4 @@ def test_config_validation_and_describe():
         Brightness(dtype="float8")
     d = Brightness(dtype="bf16", target=0.2).describe()
     assert d["name"] == "brightness" and d["dtype"] == "bfloat16" and d["target"] == 0.2
-    assert d["class"] == "rewards.brightness.Brightness"
+    assert d["class"] == "evalsuite.rewards.brightness.Brightness"

@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from evalsuite import Sample
-from evalsuite.errors import ConfigError
-from rewards.editreward import (
+from evalsuite.rewards.editreward import (
     EDITREWARD_PIXELS,
     RATING_SUFFIX,
     REWARD_TOKEN,
     TEMPLATES,
     EditReward,
     fuse_heads,
-    write_tiny_editreward,
 )
+from PIL import Image
+
+from evalsuite import Sample
+from evalsuite.errors import ConfigError
+from evalsuite.tiny.editreward import write_tiny_editreward
 from tests.reward_tester import CHECKS, RewardSpec, close
 
 SMALL = 16 * 28 * 28  # 16 tokens per image: keeps the tiny tests fast; one test uses the official budget

@@ -1,6 +1,6 @@
 """GenEval detector reward on tiny checkpoints: shared tester, independent parity, backends, plumbing.
 
-Parity reference (independent of rewards.geneval): the HF Mask2Former + image processor run here per
+Parity reference (independent of evalsuite.rewards.geneval): the HF Mask2Former + image processor run here per
 image, ``post_process_instance_segmentation`` called here, boxes taken from the masks here, colours from
 open_clip called here (mask onto #999 with numpy, crop, encode, 3-template zero-shot weights built by
 hand), and a small re-implementation of the official / Flow-GRPO rule for the tags used.
@@ -20,11 +20,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES, GenEvalReward, TransformersDetector, crop_object
 from PIL import Image, ImageDraw
 
 from evalsuite import Sample
 from evalsuite.errors import ConfigError, MissingBackendError
-from rewards.geneval import GENEVAL_OBJECT_NAMES, GenEvalReward, TransformersDetector, crop_object
 from tests.reward_tester import CHECKS, RewardSpec
 
 THRESHOLDS = {"threshold": 0.0083, "counting_threshold": 0.0082}
@@ -46,7 +46,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from evalsuite.tiny import write_tiny
-    from rewards.clip_models import write_tiny_open_clip
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     root = tmp_path_factory.mktemp("geneval-tiny")
     m2f = write_tiny(root, names=["mask2former"], seed=0)["mask2former"]
@@ -71,7 +71,7 @@ IMAGES = [picture((64, 48), 0), picture((48, 64), 1), picture((40, 40), 2), pict
 
 
 class Reference:
-    """Detections, colours and the rule, computed here without rewards.geneval."""
+    """Detections, colours and the rule, computed here without evalsuite.rewards.geneval."""
 
     def __init__(self, tiny):
         import open_clip
@@ -283,6 +283,7 @@ def test_missing_or_bad_metadata_is_an_error_naming_the_sample(tiny, samples):
             {"class": "cat", "count": 1, "position": ["left of", 1]}, {"class": "dog", "count": 1}]}),
         replace(good, id="unknown-class", metadata={"tag": "single_object",
                                                     "include": [{"class": "mouse", "count": 1}]}),
+        replace(good, id="empty-include", metadata={"tag": "single_object", "include": []}),
     ]
     out = make_reward(tiny).score([good, *bad])
     assert out.applicable[0] and out.errors[0] is None
@@ -290,6 +291,7 @@ def test_missing_or_bad_metadata_is_an_error_naming_the_sample(tiny, samples):
         assert not out.applicable[k] and math.isnan(out.scores[k])
         assert repr(s.id) in out.errors[k], out.errors[k]
     assert "tag" in out.errors[2] and "include[0]" in out.errors[3] and "'mouse'" in out.errors[4]
+    assert "'include' is empty" in out.errors[5]
 
 
 def test_bad_options_are_config_errors(tiny):

@@ -18,22 +18,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
-from evalsuite import Sample, get_reward
-from evalsuite.errors import ConfigError
-from rewards.imagereward import (
+from evalsuite.rewards.imagereward import (
     SCORE_MEAN,
     SCORE_STD,
     ImageReward,
     ImageRewardModel,
-    convert_imagereward_state_dict,
-    map_official_key,
     normalize_score,
     preprocess_images,
     tokenize_prompts,
-    write_tiny_imagereward,
 )
+from evalsuite.rewards.imagereward_checkpoint import convert_imagereward_state_dict, map_official_key
+from PIL import Image
+
+from evalsuite import Sample, get_reward
+from evalsuite.errors import ConfigError
+from evalsuite.tiny.imagereward import write_tiny_imagereward
 from tests.reward_tester import CHECKS, RewardSpec
 
 LONG_PROMPT = "a photo of a cat sitting on a red chair next to a dog, " * 4  # 56 word pieces: truncated
@@ -368,8 +367,9 @@ def test_tiny_writer_is_deterministic(tmp_path) -> None:
 def test_tokenizer_without_blip_tokens_gets_them_like_init_tokenizer(ir_dir, tmp_path) -> None:
     """A plain bert-base-uncased-style tokenizer (as the official code loads) gains [DEC] (bos) and [ENC]
     after its vocabulary, and the ``tokenizer=`` option overrides the checkpoint folder's files."""
+    from evalsuite.rewards.imagereward import _load_tokenizer
+
     from evalsuite.tiny.tokenizers import build_bert_tokenizer
-    from rewards.imagereward import _load_tokenizer
 
     plain = build_bert_tokenizer()
     plain.save_pretrained(tmp_path)

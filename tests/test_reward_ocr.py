@@ -8,11 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
-
-from evalsuite import ConfigError, Sample, get_reward
-from evalsuite.errors import MissingBackendError
-from rewards.ocr import (
+from evalsuite.rewards.ocr import (
     OCRReward,
     join_lines,
     levenshtein,
@@ -22,6 +18,10 @@ from rewards.ocr import (
     ocr_reward,
     quoted_target,
 )
+from PIL import Image, ImageDraw, ImageFont
+
+from evalsuite import ConfigError, Sample, get_reward
+from evalsuite.errors import MissingBackendError
 from tests.reward_tester import CHECKS, RewardSpec
 
 pytest.importorskip("rapidocr")
@@ -184,7 +184,7 @@ def test_paddle_backend_missing_is_a_clear_error():
 def _reference_engine():
     from rapidocr import RapidOCR
 
-    # Flow-GRPO's PaddleOCR 2.x setup, spelled out independently of rewards.ocr
+    # Flow-GRPO's PaddleOCR 2.x setup, spelled out independently of evalsuite.rewards.ocr
     return RapidOCR(params={"Global.use_cls": False, "Global.text_score": 0.5, "Global.log_level": "error",
                             "Det.limit_type": "max", "Det.limit_side_len": 960})
 

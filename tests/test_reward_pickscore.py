@@ -14,10 +14,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.pickscore import (
+    DEFAULT_PROCESSOR,
+    FLOW_GRPO_NORMALIZER,
+    PickScore,
+    cosine,
+    features,
+    pickscore,
+)
 from PIL import Image
 
 from evalsuite import Sample, get_reward
-from rewards.pickscore import DEFAULT_PROCESSOR, FLOW_GRPO_NORMALIZER, PickScore, cosine, features, pickscore
 from tests.reward_tester import CHECKS, RewardSpec
 
 LONG = "a red cube " * 30  # 90 BPE tokens + <|startoftext|> + <|endoftext|> = 92 > 77

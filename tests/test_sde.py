@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-
-from harness.grpo import kl_gaussian
-from harness.sde import euler_step, gaussian_log_prob, predicted_x0, sde_step_with_logprob, step_std
+from evalsuite.harness.grpo import kl_gaussian
+from evalsuite.harness.sde import euler_step, gaussian_log_prob, predicted_x0, sde_step_with_logprob, step_std
 
 
 def _inputs(dtype=torch.float32, b=3):

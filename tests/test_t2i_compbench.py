@@ -16,36 +16,38 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
-from benchmarks.t2i_compbench import CATEGORIES, CompBenchDetection, T2ICompBench
-from benchmarks.t2i_compbench_rules import (
-    Tok,
-    attribute_score,
+from evalsuite.benchmarks.t2i_compbench import CATEGORIES, T2ICompBench
+from evalsuite.benchmarks.t2i_compbench_rules import (
     complex_key,
     complex_kind,
-    complex_objects,
-    dedup_detections,
-    determine_position,
-    find_locality,
     image_name,
-    numeracy_score,
-    numeracy_targets,
-    parse,
     parse_image_name,
     parse_new_objects,
     prompt_lines,
     remove_adjectives,
+    three_in_one,
+)
+from evalsuite.rewards.compbench_detection import CompBenchDetection
+from evalsuite.rewards.compbench_rules import (
+    attribute_score,
+    complex_objects,
+    dedup_detections,
+    determine_position,
+    find_locality,
+    numeracy_score,
+    numeracy_targets,
     same_object,
     simple_objects,
     spatial_score,
-    three_in_one,
     unidet_input_size,
 )
+from PIL import Image
+
 from evalsuite import DiffusersGenerator, Sample
 from evalsuite.data import resolve
 from evalsuite.errors import ConfigError
 from evalsuite.evaluate import evaluate
+from evalsuite.nlp import Tok, parse
 from tests.reward_tester import CHECKS, RewardSpec
 
 
@@ -412,7 +414,7 @@ def test_numeracy_scorer_with_the_real_object_list(data_dir) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from rewards.clip_models import write_tiny_open_clip
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     return write_tiny_open_clip(tmp_path_factory.mktemp("t2i_clip") / "b32", "ViT-B-32", seed=0)
 

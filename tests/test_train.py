@@ -26,11 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from evalsuite.errors import ConfigError
-from evalsuite.reward import Reward, Score
-from harness import grpo
-from harness.config import (
+from evalsuite.harness import grpo
+from evalsuite.harness.config import (
     DataConfig,
     GeneratorConfig,
     GRPOSettings,
@@ -43,6 +40,9 @@ from harness.config import (
     TrainConfig,
     load_config,
 )
+
+from evalsuite.errors import ConfigError
+from evalsuite.reward import Reward, Score
 
 pytestmark = pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
 
@@ -165,7 +165,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sft_adapter(tiny, tmp_path_factory):
     """The SFT warm start, trained once by the trainer (a run of 0 RL steps) and copied into each run."""
-    from harness.train import train
+    from evalsuite.harness.train import train
 
     out = tmp_path_factory.mktemp("sft")
     train(make_config(out, tiny["qwen2-lm"], steps=0))
@@ -187,7 +187,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_recipes_load_with_reference_values():
-    from harness.flow_config import is_flow_config
+    from evalsuite.harness.flow_config import is_flow_config
 
     # the rewriter's recipes (the flow trainer's live in the same folder and are tested with it)
     recipes = RECIPES.glob("*.yaml")
@@ -236,10 +236,11 @@ class RecordingGenerator:
 
 
 def test_rollout_renders_the_original_prompt_for_malformed_completions(tiny, monkeypatch):
+    from evalsuite.harness.rewards import RewardSet
+    from evalsuite.harness.rewriter import build_policy
+    from evalsuite.harness.train import load_prompts, rollout, step_prompts
+
     from evalsuite.generator import DiffusersGenerator
-    from harness.rewards import RewardSet
-    from harness.rewriter import build_policy
-    from harness.train import load_prompts, rollout, step_prompts
 
     config = make_config(
         Path("unused"),
@@ -330,8 +331,8 @@ def test_rollout_renders_the_original_prompt_for_malformed_completions(tiny, mon
 def test_on_policy_self_test_passes_and_catches_broken_setups(
     tiny, sft_adapter, tmp_path, monkeypatch, capsys
 ):
-    from harness.rewriter import RewriterPolicy
-    from harness.train import main, train
+    from evalsuite.harness.rewriter import RewriterPolicy
+    from evalsuite.harness.train import main, train
 
     quick = dict(steps=2, grpo__group_size=4, grpo__prompts_per_step=2, grpo__micro_batch_size=4)
     result = train(
@@ -382,7 +383,7 @@ def test_on_policy_self_test_passes_and_catches_broken_setups(
 
 
 def test_logprobs_source_and_its_checks(tmp_path):
-    from harness.train import logprobs_source, validate
+    from evalsuite.harness.train import logprobs_source, validate
 
     cfg = make_config(tmp_path, Path("unused"))
     assert cfg.grpo.logprobs_from == "auto" and logprobs_source(cfg) == "sampler"  # float32
@@ -403,8 +404,8 @@ def test_one_inner_step_uses_the_current_logprobs_as_old_and_skips_the_reference
     """TRL's shortcut with one epoch and one minibatch: the old log-probs are the current ones detached
     (ratio exactly 1), the sampler's log-probs are still checked against them, and without a KL term no
     reference forward runs."""
-    from harness.rewriter import RewriterPolicy
-    from harness.train import train
+    from evalsuite.harness.rewriter import RewriterPolicy
+    from evalsuite.harness.train import train
 
     calls = []
 
@@ -442,7 +443,7 @@ def test_one_inner_step_uses_the_current_logprobs_as_old_and_skips_the_reference
 
 @pytest.fixture(scope="module")
 def learned(tiny, sft_adapter, tmp_path_factory):
-    from harness.train import train
+    from evalsuite.harness.train import train
 
     root = tmp_path_factory.mktemp("learn")
     runs = {}
@@ -473,7 +474,7 @@ def test_it_learns_a_verifiable_reward_and_lr_zero_does_not(learned):
 
 
 def test_run_outputs_logs_and_the_rewriter_loads_for_inference(learned):
-    from harness.rewriter import load_rewriter
+    from evalsuite.harness.rewriter import load_rewriter
 
     out = learned["trained"].out_dir
     rows = _csv(out / "metrics.csv")
@@ -516,9 +517,8 @@ def test_run_outputs_logs_and_the_rewriter_loads_for_inference(learned):
 
 
 def test_stop_and_resume_gives_identical_weights_and_metrics(tiny, sft_adapter, tmp_path):
+    from evalsuite.harness.train import train
     from safetensors.torch import load_file
-
-    from harness.train import train
 
     kw = dict(steps=4, save_every=2, log_samples_every=1, grpo__per_prompt_tracker=True)
     full = train(make_config(_with_sft(tmp_path / "full", sft_adapter), tiny["qwen2-lm"], **kw))
@@ -579,7 +579,7 @@ def test_two_ranks_under_accelerate_keep_identical_parameters(tiny, sft_adapter,
         "--dynamo_backend",
         "no",
         "-m",
-        "harness.train",
+        "evalsuite.harness.train",
         "--config",
         str(path),
     ]

@@ -12,10 +12,8 @@ import re
 
 import pytest
 import torch
-from PIL import Image
-
-from harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
-from harness.vl_policy import (
+from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
+from evalsuite.harness.vl_policy import (
     DEFAULT_VL_SYSTEM_PROMPT,
     DEFAULT_VL_USER_TEMPLATE,
     VLRefinerPolicy,
@@ -25,7 +23,9 @@ from harness.vl_policy import (
     resolve_vl_prompting,
     vl_policy_config,
 )
-from rewards import _qwen_vl as qvl
+from PIL import Image
+
+from evalsuite import qwen_vl as qvl
 
 MAX_PIXELS = 16 * 28 * 28  # at most 16 image tokens per row: fast, and different sizes differ in tokens
 PROMPTS = ["a cat", "two dogs on a red sofa in the rain, seen from above", "a blue cube"]

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.vqa import CallableVQA, QwenYesNoVQA, decide, get_vqa
 from PIL import Image
 
-from benchmarks.vqa import CallableVQA, QwenYesNoVQA, decide, describe_vqa, get_vqa
 from evalsuite.errors import ConfigError
+from evalsuite.scorer import describe_vqa
 
 QUESTIONS = ["Is there a cabbage?", "Is the truck red?", "Are there eight cabbages?", "Is it morning?",
              "Is the lamp on the desk?", "Is the truck parked?"]

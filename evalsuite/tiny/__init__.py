@@ -15,7 +15,6 @@ Heavy libraries (torch, transformers, diffusers) are imported only when a model 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import operator
 import os
 import shutil
@@ -46,8 +45,9 @@ class TinySpec:
     @property
     def writer(self) -> Writer:
         """``writer(folder, seed)``: writes the model's files into an existing, empty ``folder``."""
-        module_name, func_name = self.writer_ref.split(":")
-        return getattr(importlib.import_module(f"{__name__}.{module_name}"), func_name)
+        from ._common import resolve  # imports torch: only when a model is written
+
+        return resolve(f"{__name__}.{self.writer_ref}")
 
 
 _SPECS = (
@@ -102,35 +102,36 @@ _SPECS = (
     ),
 )
 
-# Reward-specific formats; their writers live beside each reward's loader (see reward_formats.py).
+# Reward-specific formats (open_clip folders, the official ImageReward .pt layout, EditReward's backbone +
+# heads); each writer looks up the reward's format constants by string when it runs.
 _SPECS += (
     TinySpec(
         name="open-clip-vit-l-14",
         model_id="open_clip ViT-L-14 (openai)",
         description="open_clip model folder (GenEval colour classifier, CLIPScore ViT-L/14)",
-        loaded_by=("rewards.clip_models.load_open_clip",),
-        writer_ref="reward_formats:write_open_clip_vit_l_14",
+        loaded_by=("evalsuite.rewards.clip_models.load_open_clip",),
+        writer_ref="open_clip:write_open_clip_vit_l_14",
     ),
     TinySpec(
         name="open-clip-vit-b-32",
         model_id="open_clip ViT-B-32 (openai)",
         description="open_clip model folder (CLIPScore ViT-B/32, T2I-CompBench non-spatial)",
-        loaded_by=("rewards.clip_models.load_open_clip",),
-        writer_ref="reward_formats:write_open_clip_vit_b_32",
+        loaded_by=("evalsuite.rewards.clip_models.load_open_clip",),
+        writer_ref="open_clip:write_open_clip_vit_b_32",
     ),
     TinySpec(
         name="imagereward",
         model_id="THUDM/ImageReward",
         description="official ImageReward.pt + med_config.json layout (BLIP ViT + BERT + MLP head)",
-        loaded_by=("rewards.imagereward.ImageReward",),
-        writer_ref="reward_formats:write_imagereward",
+        loaded_by=("evalsuite.rewards.imagereward.ImageReward",),
+        writer_ref="imagereward:write_imagereward",
     ),
     TinySpec(
         name="editreward",
         model_id="TIGER-Lab/EditReward-Qwen2.5-VL-7B",
         description="EditReward checkpoint/ (backbone + <|Reward|> heads) and base/ (Qwen2.5-VL config)",
-        loaded_by=("rewards.editreward.EditReward",),
-        writer_ref="reward_formats:write_editreward",
+        loaded_by=("evalsuite.rewards.editreward.EditReward",),
+        writer_ref="editreward:write_editreward",
     ),
 )
 

@@ -1,14 +1,16 @@
-"""Helpers shared by the tiny-model writers: seeding and parameter counting."""
+"""Helpers shared by the tiny-model writers: seeding, parameter counting and call-time references."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
-__all__ = ["component_seed", "count_parameters", "seeded"]
+__all__ = ["component_seed", "count_parameters", "resolve", "seeded"]
 
 
 def component_seed(seed: int, *parts: str) -> int:
@@ -39,3 +41,12 @@ def seeded(seed: int, *parts: str) -> Iterator[None]:
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def resolve(ref: str) -> Any:
+    """The object a ``"module:attr"`` string names, imported now (call time, never at module import).
+
+    The tiny writers reach a reward's format constants this way, so importing the kit imports no reward.
+    """
+    module_name, attr = ref.split(":")
+    return getattr(importlib.import_module(module_name), attr)

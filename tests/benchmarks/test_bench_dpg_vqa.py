@@ -16,9 +16,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.vqa import QwenYesNoVQA
 from PIL import Image
-
-from benchmarks.vqa import QwenYesNoVQA
 
 ROUNDS = 2
 QUADRANTS = 2

@@ -19,10 +19,10 @@ import time
 
 import pytest
 import torch
+from evalsuite.rewards.editreward import EDITREWARD_PIXELS, EditReward
 
 from evalsuite import Sample
-from rewards import _qwen_vl as qvl
-from rewards.editreward import EDITREWARD_PIXELS, EditReward
+from evalsuite import qwen_vl as qvl
 from tests.test_reward_editreward import SMALL, _img, hand_reward
 
 ROUNDS = 3
@@ -45,7 +45,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_er(tmp_path_factory):
-    from rewards.editreward import write_tiny_editreward
+    from evalsuite.tiny.editreward import write_tiny_editreward
 
     return write_tiny_editreward(tmp_path_factory.mktemp("editreward-bench"), seed=0)
 

@@ -1,6 +1,6 @@
 """Flow-GRPO training step vs its bare compute (goal <= 1.15x).
 
-The harness side is a whole ``harness.flow_train`` step: prompt encoding, SDE sampling with recorded
+The harness side is a whole ``evalsuite.harness.flow_train`` step: prompt encoding, SDE sampling with recorded
 log-probs, VAE decode, the reward, advantages, the clipped-surrogate update over every (image, SDE step)
 pair, logging.
 The bare side is the transformer work that step cannot avoid, written without the harness: the same number of
@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from harness import flow_train
-from harness.config import DataConfig, GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
-from harness.flow_config import FlowLoraSettings, FlowPolicyConfig, FlowTrainConfig
-from harness.flow_policy import FlowPolicy
+from evalsuite.harness import flow_train
+from evalsuite.harness.config import DataConfig, GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
+from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig, FlowTrainConfig
+from evalsuite.harness.flow_policy import FlowPolicy
 
 STEPS = 6
 G, PROMPTS, NUM_STEPS, TRAIN_BATCH = 4, 2, 4, 8

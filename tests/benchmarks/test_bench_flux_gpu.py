@@ -1,8 +1,8 @@
 """Flow-GRPO step time and MFU of a FLUX.1-dev-size transformer (random weights, bf16, LoRA) on a GPU.
 
-One step = SDE sampling of B images over ``NUM_STEPS`` steps (no grad, log-probs recorded by harness.sde) and
+One step = SDE sampling of B images over ``NUM_STEPS`` steps (no grad, log-probs from harness/sde.py) and
 the clipped-surrogate update on every (image, step) pair in micro-batches with gradient checkpointing, as
-``harness.flow_train`` does; text and VAE are left out (their cost is small next to the 12B transformer), the
+harness/flow_train.py does; text and VAE are left out (their cost is small next to the 12B transformer), the
 conditioning is random. MFU = model FLOPs / (step time × peak bf16 dense FLOP/s of the GPU): forward
 2·N·T + attention, backward through activations 2× forward (frozen base: no weight gradients), plus one
 recomputed forward under checkpointing. Needs CUDA; ``EVALSUITE_FLUX_BENCH=tiny`` runs the same code on a
@@ -16,9 +16,8 @@ import time
 
 import pytest
 import torch
-
-from harness import grpo
-from harness.sde import sde_step_with_logprob
+from evalsuite.harness import grpo
+from evalsuite.harness.sde import sde_step_with_logprob
 
 FLUX_DEV = dict(  # black-forest-labs/FLUX.1-dev transformer/config.json
     patch_size=1,

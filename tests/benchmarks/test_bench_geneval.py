@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.geneval import GenEvalReward
+from evalsuite.rewards.geneval_rules import keep_detections
 
 from evalsuite import Sample
-from rewards.geneval import GenEvalReward
-from rewards.geneval_rules import keep_detections
 from tests.test_reward_geneval import picture
 
 N_IMAGES = 8
@@ -30,7 +30,7 @@ META = {"tag": "color_attr", "include": [{"class": "vase", "count": 1, "color": 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from evalsuite.tiny import write_tiny
-    from rewards.clip_models import write_tiny_open_clip
+    from evalsuite.tiny.open_clip import write_tiny_open_clip
 
     root = tmp_path_factory.mktemp("geneval-bench")
     return {"m2f": str(write_tiny(root, names=["mask2former"], seed=0)["mask2former"]),
@@ -44,7 +44,7 @@ def _timed(fn) -> float:
 
 
 def test_bench_geneval_batched_vs_bare_forwards(benchmark, tiny):
-    from rewards.clip_models import encode_images
+    from evalsuite.rewards.clip_models import encode_images
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared 2-core box: per-op threading overhead swamps them

@@ -17,10 +17,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from evalsuite.rewards.imagereward import ImageReward
 from PIL import Image
 
 from evalsuite import Sample
-from rewards.imagereward import ImageReward, write_tiny_imagereward
+from evalsuite.tiny.imagereward import write_tiny_imagereward
 
 ROUNDS = 5
 N = 16

@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 import pytest
+from evalsuite.rewards.brightness import Brightness
 from PIL import Image
 
 from evalsuite import Sample
 from evalsuite.remote import RemoteReward
 from evalsuite.server import RewardServer
-from rewards.brightness import Brightness
 
 ROUNDS = 3
 IMAGES = 16

@@ -11,7 +11,7 @@ samples all 32 at once, as we do), one torch thread. TRL's GRPOConfig turns grad
 checkpointing on by default, ours does not: "trl" turns it off (same work as ours), "trl-gc" is TRL's default.
 
 Time per step: the median of the gaps between consecutive step starts (ours: each call of
-``harness.train.step_prompts``; TRL: ``on_step_begin``), leaving out the first step (lazy initialisation),
+``train.step_prompts``; TRL: ``on_step_begin``), leaving out the first step (lazy initialisation),
 so model loading and set-up are excluded on both sides and a noisy neighbour moves the median little.
 """
 
@@ -70,7 +70,8 @@ def _median_gap(starts: list[float]) -> tuple[float, int]:
 
 
 def run_ours(lm: str, out: Path, steps: int, case: str) -> dict:
-    import harness.train as ht
+    import evalsuite.harness.train as ht
+
     from tests.test_train import make_config
 
     s = SIZES[case]

@@ -1,6 +1,6 @@
-"""Qwen2.5-VL plumbing shared by the VLM rewards (PromptEcho, EditReward).
+"""Qwen2.5-VL plumbing shared by the VLM rewards (PromptEcho, EditReward, VQA, judges) and the VL policy.
 
-Both rewards build their own token sequences around images, so what they share is: resizing an image the
+Each builds its own token sequences around images, so what they share is: resizing an image the
 way qwen-vl-utils does (the pixel budget decides how many image tokens a sample gets), running the image
 processor once for the whole batch, expanding the ``<|image_pad|>`` placeholders exactly as the processor
 would, and right-padding hand-built id lists into one tensor batch. Right padding keeps every real token

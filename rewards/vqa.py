@@ -1,5 +1,8 @@
 """Yes/no visual question answering backends for question-graph benchmarks (DPG-Bench).
 
+The backend contract (:class:`evalsuite.scorer.VQABackend`) is in the scorer contracts; benchmarks get a
+backend through the registry: ``get_scorer("vqa", spec, **options)`` calls :func:`get_vqa`.
+
 A backend is anything with ``answer(images, questions) -> list[str]``: ``images[i]`` is asked
 ``questions[i]``, one answer string per pair, batched however the backend likes. A benchmark counts an answer
 as yes by its own rule (DPG-Bench official: exactly ``"yes"``). ``describe()`` (optional) says what produced
@@ -29,41 +32,19 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from PIL import Image
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
+from evalsuite.scorer import check_pairs
 
 DEFAULT_PROMPT = "{question} Please answer yes or no."
 YES_WORDS = ("Yes", "yes")
 NO_WORDS = ("No", "no")
 VISION_END = "<|vision_end|>"
-
-
-@runtime_checkable
-class VQABackend(Protocol):
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
-        """One answer per (image, question) pair."""
-        ...
-
-
-def describe_vqa(backend: Any) -> dict[str, Any]:
-    """``backend.describe()`` if it has one, else its class name: always names ``vqa`` and ``vqa_model``."""
-    desc = dict(backend.describe()) if hasattr(backend, "describe") else {}
-    desc.setdefault("vqa", f"{type(backend).__module__}.{type(backend).__qualname__}")
-    desc.setdefault("vqa_model", None)
-    return desc
-
-
-def check_pairs(images: Sequence[Any], questions: Sequence[str]) -> None:
-    if len(images) != len(questions):
-        raise ValueError(f"VQA: {len(images)} images but {len(questions)} questions (one image per question)")
-    for q in questions:
-        if not isinstance(q, str):
-            raise TypeError(f"VQA: questions must be str, got {type(q).__name__}")
 
 
 def decide(yes_logit: float, no_logit: float) -> str:
@@ -112,7 +93,7 @@ class QwenYesNoVQA:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
     ) -> None:
-        from rewards import _qwen_vl as qvl
+        from evalsuite import qwen_vl as qvl
 
         if batch_size < 1:
             raise ConfigError(f"QwenYesNoVQA: batch_size must be >= 1, got {batch_size}")
@@ -147,7 +128,7 @@ class QwenYesNoVQA:
             return self
         from transformers import Qwen2_5_VLForConditionalGeneration
 
-        from rewards import _qwen_vl as qvl
+        from evalsuite import qwen_vl as qvl
 
         self._processor = qvl.load_processor(self.model_id, self.revision)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
@@ -194,7 +175,7 @@ class QwenYesNoVQA:
         """Run system turn + image once per image: ((keys, values) per layer, prefix mask, next position)."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        from rewards import _qwen_vl as qvl
+        from evalsuite import qwen_vl as qvl
 
         dev = self.device
         fitted = [qvl.fit_image(im, self.min_pixels, self.max_pixels) for im in images]
@@ -221,7 +202,7 @@ class QwenYesNoVQA:
         """``[N, 2]`` float32: (max yes-token logit, max no-token logit) at the first answer position."""
         from transformers import DynamicCache
 
-        from rewards import _qwen_vl as qvl
+        from evalsuite import qwen_vl as qvl
 
         check_pairs(images, questions)
         self.load()

@@ -17,7 +17,7 @@ What the official ``BLIPvqa_eval`` does per image (config ``inference: vqa_prob`
   softmax over the whole vocabulary of that first-token distribution (``BLIP_VQA.vqa_prob``, not the
   ``rank`` inference over an answer list);
 - image score: the product of P(yes) over the questions (see
-  :func:`benchmarks.t2i_compbench_rules.attribute_score` for the official 4-decimal rounding).
+  :func:`evalsuite.rewards.compbench_rules.attribute_score` for the official 4-decimal rounding).
 
 Batching: one vision forward per batch (all images at one size); the (image, question) pairs go through the
 text encoder and one decoder step grouped by question length, unpadded (see :meth:`BlipVQA.p_yes` for the
@@ -32,16 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from evalsuite.rewards.compbench_rules import BLIP_MAX_QUESTIONS, attribute_score, blip_questions
 from PIL import Image
 
-from benchmarks.t2i_compbench_rules import (
-    BLIP_MAX_QUESTIONS,
-    attribute_score,
-    blip_questions,
-    parse,
-    spacy_nlp,
-)
 from evalsuite.errors import ConfigError
+from evalsuite.nlp import parse, spacy_nlp
 from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
 
