@@ -75,7 +75,7 @@ class GenEval(Benchmark):
     ) -> None:
         """``metadata``: another file in GenEval's schema (e.g. a generated training set) instead of the
         official prompts. ``mode``: the rule (``official``, ``strict``, ``partial``; see
-        :mod:`evalsuite.rewards.geneval_rules`). Thresholds (and ``test_scale``, ``revision``) left at None are the
+        the GenEval reward's rules). Thresholds (and ``test_scale``, ``revision``) left at None are the
         reward's defaults (the official ones); each is a named option so a misspelled one is an error."""
         from evalsuite.registry import get_reward
 
