@@ -49,6 +49,14 @@ class DenseAlignBench(Benchmark):
     images_per_prompt = 1
     data_files = (DATA_KEY,)
 
+    @staticmethod
+    def compare_runs(*args: Any, **kwargs: Any) -> Any:
+        """Pairwise VLM judging of two runs (``densealign_compare.compare_runs``), for callers that reach
+        the benchmark by registered name."""
+        from evalsuite.benchmarks.densealign_compare import compare_runs
+
+        return compare_runs(*args, **kwargs)
+
     def __init__(
         self,
         companion: str | Reward | None = "auto",

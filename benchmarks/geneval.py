@@ -52,6 +52,14 @@ class GenEval(Benchmark):
     images_per_prompt = 4
     data_files = (METADATA_FILE,)
 
+    @staticmethod
+    def generate_prompts(seed: int = 43, per_task: int = 100) -> list[dict[str, Any]]:
+        """GenEval-schema prompts from the seeded generator (``geneval_prompts.generate_suite``): training
+        sets and the offline demo reach it through the registry."""
+        from evalsuite.benchmarks.geneval_prompts import generate_suite
+
+        return generate_suite(seed=seed, per_task=per_task)
+
     def __init__(
         self,
         *,

@@ -209,17 +209,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             f"({res['skipped']} not comparable)"
         )
         return 0
-    from evalsuite.benchmarks.densealign_compare import compare_runs
-    from evalsuite.rewards.judges import make_judge
+    from evalsuite.registry import get_scorer, registry
 
     if args.judge == "local":
         opts = {"device": args.device, "dtype": args.dtype, "mode": args.mode}
     else:
         opts = {"temperature": args.temperature, "timeout": args.timeout, "max_retries": args.max_retries}
-    judge = make_judge(args.judge, model=args.model, **{k: v for k, v in opts.items() if v is not None})
+    opts = {k: v for k, v in opts.items() if v is not None}
+    judge = get_scorer("judge", args.judge, model=args.model, **opts)
     a, b = Path(args.run_a), Path(args.run_b)
     out = args.out or str(a.with_name(f"compare-{a.name}-vs-{b.name}"))
-    res = compare_runs(
+    res = registry.get("benchmarks", "densealignbench").compare_runs(
         args.run_a, args.run_b, judge, out, seed=args.seed, workers=args.workers, limit=args.limit, ci=args.ci
     )
     print(res.markdown)
@@ -227,19 +227,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """Rewriter recipes run harness/train.py; flow recipes (a ``mode`` or ``flow`` key) flow_train.py."""
+    """Runs the registered trainer named by ``--trainer``, else the one that takes the recipe."""
     import yaml
 
-    from evalsuite.harness.flow_config import is_flow_config
+    from evalsuite.errors import ConfigError
+    from evalsuite.registry import get_trainer, registry
 
-    try:
-        data = yaml.safe_load(Path(args.config).read_text())
-    except (OSError, yaml.YAMLError):
-        data = None  # the trainer reports the problem with its own message
-    if is_flow_config(data):
-        from evalsuite.harness.flow_train import main as train_main
+    if args.trainer:
+        trainer = get_trainer(args.trainer)
     else:
-        from evalsuite.harness.train import main as train_main
+        try:
+            data = yaml.safe_load(Path(args.config).read_text())
+        except (OSError, yaml.YAMLError):
+            data = None  # the trainer reports the problem with its own message
+        claiming = [t for t in (get_trainer(n) for n in registry.names("trainers")) if t.claims(data)]
+        if len(claiming) > 1:
+            names = ", ".join(t.name for t in claiming)
+            raise ConfigError(f"{args.config}: several registered trainers take this recipe ({names}); "
+                              "name one with --trainer")
+        # none: the rewriter trainer reads it and says what is wrong with it (unknown keys, bad YAML)
+        trainer = claiming[0] if claiming else get_trainer("rewriter")
 
     argv = ["--config", args.config, *[x for o in args.set or [] for x in ("--set", o)]]
     if args.out_dir:
@@ -248,7 +255,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         argv += ["--steps", str(args.steps)]
     if args.no_resume:
         argv.append("--no-resume")
-    return train_main(argv)
+    return trainer.run(argv)
+
+
+def registry_kinds() -> tuple[str, ...]:
+    from evalsuite.registry import KINDS
+
+    return KINDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="registered rewards, benchmarks and generators, with their source")
-    p.add_argument("--kind", choices=["rewards", "benchmarks", "generators"])
+    p.add_argument("--kind", choices=list(registry_kinds()))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_list)
 
@@ -407,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir")
     p.add_argument("--steps", type=int)
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--trainer", help="a registered trainer (evalsuite list --kind trainers); default: the "
+                                     "one that takes the recipe (flow recipes: flow, else rewriter)")
     p.set_defaults(func=_cmd_train)
 
     return parser

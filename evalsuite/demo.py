@@ -3,6 +3,7 @@ offline on tiny random checkpoints. Shows the machinery end to end; the numbers 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from evalsuite.evaluate import RunResult
@@ -15,10 +16,9 @@ NOTICE = ("tiny checkpoints with RANDOM weights: the images are noise and every 
 def run_demo(
     out_dir: str | Path, *, per_task: int = 2, images_per_prompt: int = 2, seed: int = 0
 ) -> RunResult:
-    from evalsuite.benchmarks.geneval import GenEval
-    from evalsuite.benchmarks.geneval_prompts import generate_suite, to_jsonl
     from evalsuite.generator import DiffusersGenerator
     from evalsuite.leaderboard import add_run
+    from evalsuite.registry import get_benchmark, registry
     from evalsuite.store import atomic_write_text
     from evalsuite.tiny import write_tiny
     from evalsuite.tiny.open_clip import write_tiny_open_clip
@@ -29,19 +29,19 @@ def run_demo(
     if not clip_dir.exists():
         write_tiny_open_clip(clip_dir, "ViT-L-14", seed=seed)
     # GenEval-style prompts (seeded generator), a few per task, single objects trimmed to the same size.
-    suite = generate_suite(seed=seed + 1000, per_task=per_task)
+    suite = registry.get("benchmarks", "geneval").generate_prompts(seed=seed + 1000, per_task=per_task)
     by_tag: dict[str, list] = {}
     for item in suite:
         by_tag.setdefault(item["tag"], []).append(item)
     prompts = [item for items in by_tag.values() for item in items[:per_task]]
     metadata = out / "prompts.jsonl"
-    atomic_write_text(metadata, to_jsonl(prompts))
+    atomic_write_text(metadata, "".join(json.dumps(item) + "\n" for item in prompts))  # GenEval's format
 
     generator = DiffusersGenerator.from_pretrained(str(tiny["flux"]), dtype="float32", num_inference_steps=4,
                                                    guidance_scale=3.5, height=64, width=64, batch_size=8)
     # Random detector weights score ~0.01: zero thresholds so the rules have detections to judge.
-    bench = GenEval(metadata=str(metadata), detector_model=str(tiny["mask2former"]), clip_model=str(clip_dir),
-                    threshold=0.0, counting_threshold=0.0)
+    bench = get_benchmark("geneval", metadata=str(metadata), detector_model=str(tiny["mask2former"]),
+                          clip_model=str(clip_dir), threshold=0.0, counting_threshold=0.0)
     from evalsuite.evaluate import evaluate
 
     result = evaluate(bench, out / "run", generator=generator, images_per_prompt=images_per_prompt,

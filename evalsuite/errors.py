@@ -28,3 +28,6 @@ class PluginError(EvalsuiteError, RuntimeError):
 
 class ModelLoadError(EvalsuiteError, OSError):
     """A model could not be loaded (offline, gated, misspelled id, missing folder); says how to fix it."""
+
+    model: str = ""  # the id or folder that failed
+    reason: str = ""  # why, in words

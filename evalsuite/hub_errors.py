@@ -83,7 +83,7 @@ def classify(exc: BaseException, model: str) -> str | None:
         "revision": "that revision (branch, tag or commit) does not exist",
         "not_found": "no such repository on the Hub (misspelled id, or private without a login)",
         "offline": "not in the local Hugging Face cache and the Hub is "
-        + ("off (HF_HUB_OFFLINE=1)" if _offline() else "unreachable"),
+        + ("offline (HF_HUB_OFFLINE=1)" if _offline() else "unreachable"),
     }[kind]
 
 
@@ -143,7 +143,13 @@ def loading(model: str | None, what: str, hint: str) -> Iterator[None]:
         reason = classify(e, str(model)) if model is not None else None
         if reason is None:
             raise
-        failing = _failing_id(e, str(model))
-        how = (f"pass a model folder as {hint}" if looks_like_path(failing) else
-               f"to use a local copy, `hf download {failing} --local-dir DIR` and pass {hint}")
-        raise ModelLoadError(f"cannot load {what} {failing!r}: {reason}; {how}") from e
+        raise explain(what, _failing_id(e, str(model)), reason, hint) from e
+
+
+def explain(what: str, model: str, reason: str, hint: str) -> ModelLoadError:
+    """The one line: which model (in which role) could not be loaded, why, and how to use a local folder."""
+    how = (f"pass a model folder as {hint}" if looks_like_path(model) else
+           f"to use a local copy, `hf download {model} --local-dir DIR` and pass {hint}")
+    error = ModelLoadError(f"cannot load {what} {model!r}: {reason}; {how}")
+    error.model, error.reason = model, reason
+    return error

@@ -3,7 +3,7 @@
 Entries are resolved lazily (``"module:attr"`` strings), so listing them costs no model imports
 and one broken plugin is reported by name without breaking the others. Third-party packages
 register through the entry-point groups ``evalsuite.rewards``, ``evalsuite.benchmarks``,
-``evalsuite.generators`` and ``evalsuite.scorers``::
+``evalsuite.generators``, ``evalsuite.scorers``, ``evalsuite.trainers`` and ``evalsuite.rewriters``::
 
     [project.entry-points."evalsuite.rewards"]
     my_reward = "my_pkg.rewards:MyReward"
@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from evalsuite.errors import PluginError, UnknownNameError
 
-Kind = Literal["rewards", "benchmarks", "generators", "scorers"]
-KINDS: tuple[Kind, ...] = ("rewards", "benchmarks", "generators", "scorers")
+Kind = Literal["rewards", "benchmarks", "generators", "scorers", "trainers", "rewriters"]
+KINDS: tuple[Kind, ...] = ("rewards", "benchmarks", "generators", "scorers", "trainers", "rewriters")
 ENTRY_POINT_GROUPS: dict[Kind, str] = {kind: f"evalsuite.{kind}" for kind in KINDS}
 BUILTIN = "built-in"
 
@@ -49,6 +49,13 @@ BUILTINS: dict[Kind, dict[str, str]] = {
     },
     "generators": {
         "diffusers": "evalsuite.generator:DiffusersGenerator",
+    },
+    "trainers": {  # evalsuite.trainer.Trainer objects
+        "rewriter": "evalsuite.harness.trainers:REWRITER",
+        "flow": "evalsuite.harness.trainers:FLOW",
+    },
+    "rewriters": {  # load(path, device=, dtype=) -> an object with rewrite(prompts, seed) -> list[str]
+        "reprompt": "evalsuite.harness.rewriter:load_rewriter",
     },
     # Model forwards that are not rewards (contracts in evalsuite.scorer): factories taking a spec.
     "scorers": {
@@ -206,6 +213,16 @@ def get_generator(name: str, /, *args: Any, **kwargs: Any):
 def get_scorer(name: str, /, *args: Any, **kwargs: Any):
     """Build a non-reward scorer by registry name, e.g. ``get_scorer("judge", "local", device="cuda")``."""
     return registry.get("scorers", name)(*args, **kwargs)
+
+
+def get_trainer(name: str, /):
+    """A registered trainer (an ``evalsuite.trainer.Trainer``) by name."""
+    return registry.get("trainers", name)
+
+
+def load_rewriter(path: str, /, name: str = "reprompt", **kwargs: Any):
+    """A trained prompt rewriter from ``path`` through the registered loader ``name``."""
+    return registry.get("rewriters", name)(path, **kwargs)
 
 
 def register_reward(name: str):

@@ -108,7 +108,7 @@ def run(
                           "not a folder of images")
     prompt_rewriter = None
     if rewriter is not None:
-        from evalsuite.harness.rewriter import load_rewriter
+        from evalsuite.registry import load_rewriter
 
         prompt_rewriter = load_rewriter(rewriter, device=device, dtype=dtype)
     result = evaluate(

@@ -123,7 +123,7 @@ def test_bad_listing_line_is_named(bad_line, why, tmp_path, capsys):
 
 # -- 5. a model that cannot be loaded is one line, not a traceback ------------------------------------------
 @pytest.mark.parametrize(("model", "reason"), [
-    ("black-forest-labs/FLUX.1-dev", "not in the local Hugging Face cache and the Hub is off"),
+    ("black-forest-labs/FLUX.1-dev", "not in the local Hugging Face cache and the Hub is offline"),
     ("./no/such/pipeline", "no such folder"),
 ])
 def test_run_with_an_unloadable_pipeline_says_why_in_one_line(model, reason, tmp_path):

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ROOMS = ("rewards", "benchmarks", "harness")
 # The contract modules: what rewards, benchmarks, trainers and the app layer all build on.
 CONTRACTS = ("sample", "reward", "benchmark", "generator", "registry", "errors", "images", "store", "data",
-             "data_files", "seeding", "manifest", "scorer", "nlp", "qwen_vl", "optional", "progress")
+             "data_files", "seeding", "manifest", "scorer", "nlp", "qwen_vl", "optional", "progress",
+             "hub_errors", "quiet", "trainer")
 # No room imports another: benchmarks and the app layer reach rewards (and trainers) by registered name.
 FORBIDDEN = {room: tuple(other for other in ROOMS if other != room) for room in ROOMS}
 
@@ -119,3 +120,15 @@ def test_rooms_are_not_top_level_packages_after_install(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_app_layer_reaches_the_rooms_by_registered_name():
+    """No module of evalsuite/ (CLI, runner, demo, server, tiny kit, …) imports rewards, benchmarks or
+    harness: it asks the registry for them by name."""
+    crossing = sorted(
+        f"{path.relative_to(ROOT)}: {m}"
+        for path in sorted((ROOT / "evalsuite").rglob("*.py"))
+        for m in imported_modules(path)
+        if any(m == f"evalsuite.{room}" or m.startswith(f"evalsuite.{room}.") for room in ROOMS)
+    )
+    assert not crossing, f"evalsuite/ imports a room directly: {crossing}"
