@@ -25,7 +25,7 @@ from evalsuite.benchmarks.densealign_rules import outcome_of, pairwise_stats, po
 
 from evalsuite.errors import ConfigError
 from evalsuite.images import to_rgb
-from evalsuite.manifest import MANIFEST, check_or_write_manifest
+from evalsuite.manifest import check_or_write_manifest
 from evalsuite.scorer import PREFERENCES, Judgement, PairJudge
 from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text
 
@@ -150,11 +150,7 @@ def compare_runs(
         "seed": seed,
         "swap_prob": swap_prob,
     }
-    conflict = (
-        f"{out} holds a different comparison (runs, judge, seed or swap_prob differ "
-        f"from its {MANIFEST}); use a new output directory"
-    )
-    check_or_write_manifest(out, fingerprint, conflict)
+    check_or_write_manifest(out, fingerprint, f"{out} holds a different comparison (use a new folder)")
 
     journal = JsonlLog(out / LOG_NAME)
     latest = _latest(journal)

@@ -13,7 +13,6 @@ generated image that has gone missing or broken is regenerated and rescored. One
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,15 +25,14 @@ from evalsuite.benchmark import Benchmark
 from evalsuite.errors import ConfigError
 from evalsuite.generator import GenerationRequest, Generator
 from evalsuite.images import BadImageError, ImageFailure, image_file_problem, to_rgb
-from evalsuite.manifest import build_manifest
+from evalsuite.manifest import check_or_write_manifest
 from evalsuite.progress import progress
 from evalsuite.run_lock import run_lock
 from evalsuite.sample import Sample
-from evalsuite.store import JsonlLog, atomic_save_image, atomic_write_json
+from evalsuite.store import JsonlLog, atomic_save_image
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -118,21 +116,8 @@ def evaluate(
 
 
 def _check_or_write_manifest(out: Path, fingerprint: dict, run_info: dict, rank: int) -> None:
-    path = out / MANIFEST
-    if path.exists():
-        previous = json.loads(path.read_text())
-        current = json.loads(json.dumps(fingerprint, default=str))
-        if previous.get("fingerprint") != current:
-            from evalsuite.settings_diff import changed_settings
-
-            changed = changed_settings(previous.get("fingerprint"), current)
-            raise ConfigError(
-                f"{out} holds a different run; settings that differ from its {MANIFEST} (old → new): "
-                + "; ".join(changed) + ". Use a new output directory to start a new run"
-            )
-        return
-    if rank == 0:
-        atomic_write_json(path, build_manifest(fingerprint=fingerprint, **run_info))
+    check_or_write_manifest(out, fingerprint, f"{out} holds a different run (use a new output directory to "
+                            "start a new run)", write=rank == 0, **run_info)
 
 
 def _chunks(items: Sequence[Sample], size: int) -> list[list[Sample]]:

@@ -59,12 +59,17 @@ def build_manifest(**sections: Any) -> dict[str, Any]:
 def check_or_write_manifest(out: Path, fingerprint: dict[str, Any], conflict: str, *, write: bool = True,
                             **sections: Any) -> None:
     """The resume guard: an output folder holds one fingerprint for life. A folder whose ``manifest.json``
-    has another fingerprint raises ``ConfigError(conflict)``; a new folder gets a manifest (if ``write``)."""
+    has another fingerprint raises ``ConfigError`` with ``conflict`` and the settings that differ (old → new);
+    a new folder gets a manifest (if ``write``)."""
+    from evalsuite.settings_diff import describe_changes, setting_changes
+
     path = Path(out) / MANIFEST
     if path.exists():
         expected = json.loads(json.dumps(fingerprint, default=str))
-        if json.loads(path.read_text()).get("fingerprint") != expected:
-            raise ConfigError(conflict)
+        changes = setting_changes(json.loads(path.read_text()).get("fingerprint"), expected)
+        if changes:
+            raise ConfigError(f"{conflict}; settings that differ from its {MANIFEST} (old → new): "
+                              f"{describe_changes(changes)}")
         return
     if write:
         atomic_write_json(path, build_manifest(fingerprint=fingerprint, **sections))

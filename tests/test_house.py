@@ -14,7 +14,7 @@ ROOMS = ("rewards", "benchmarks", "harness")
 # The contract modules: what rewards, benchmarks, trainers and the app layer all build on.
 CONTRACTS = ("sample", "reward", "benchmark", "generator", "registry", "errors", "images", "store", "data",
              "data_files", "seeding", "manifest", "scorer", "nlp", "qwen_vl", "optional", "progress",
-             "hub_errors", "quiet", "trainer")
+             "hub_errors", "quiet", "trainer", "settings_diff")
 # No room imports another: benchmarks and the app layer reach rewards (and trainers) by registered name.
 FORBIDDEN = {room: tuple(other for other in ROOMS if other != room) for room in ROOMS}
 
