@@ -150,6 +150,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_body_bytes=args.max_body_bytes,
+        read_timeout_s=args.read_timeout_s,
         reward_kwargs=args.reward_kwargs,
         common_kwargs=common,
     )
@@ -369,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to merge"
     )
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--read-timeout-s", type=float, default=5.0,
+                   help="a request body that stalls this long gets 408; idle connections close after it")
     p.add_argument(
         "--reward-kwargs",
         type=json.loads,
