@@ -23,18 +23,16 @@ One step:
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from evalsuite.harness import grpo
+from evalsuite.harness import grpo, scaffold
 from evalsuite.harness.config import RewardsConfig
 from evalsuite.harness.ema import EMA
 from evalsuite.harness.flow_checkpoint import load_checkpoint, save_checkpoint, save_models
@@ -53,34 +51,12 @@ from evalsuite.harness.metrics import (
 from evalsuite.harness.prompts_data import data_folder, load_prompts, load_source, step_prompts
 from evalsuite.harness.resume import apply_optim_settings
 from evalsuite.harness.rewards import BUILTIN_COMPONENTS, RewardSet
-from evalsuite.harness.scaffold import (
-    adamw,
-    check_logprobs_source,
-    checkpoint_to_resume,
-    export_final,
-    manifest,
-    open_logs,
-    progress_bar,
-    resumed_step,
-    start_run,
-    trainer_state,
-    warmup_schedule,
-)
 
-from evalsuite.errors import ConfigError, EvalsuiteError
+from evalsuite.errors import ConfigError
 from evalsuite.seeding import derive_seed
 from evalsuite.store import atomic_write_json
 
 # ------------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class FlowTrainResult:
-    out_dir: Path
-    steps: int
-    final_dir: Path | None
-    last_checkpoint: Path | None
-    metrics: list[dict[str, Any]]
 
 
 def _check_rewards(config: FlowTrainConfig) -> None:
@@ -126,14 +102,14 @@ def check_world(config: FlowTrainConfig, world: int) -> None:
 
 def train(
     config: FlowTrainConfig, *, rewards: dict[str, Any] | None = None, flow: FlowPolicy | None = None
-) -> FlowTrainResult:
+) -> scaffold.TrainResult:
     """Run (or resume) a flow-policy GRPO run. ``rewards``/``flow`` inject ready-made objects (tests)."""
     # ---- setup
     validate_flow_config(config)
     _check_rewards(config)
     if config.mode == "promptrl":
-        check_logprobs_source(config)
-    run = start_run(config, lambda world: check_world(config, world))
+        scaffold.check_logprobs_source(config)
+    run = scaffold.start_run(config, lambda world: check_world(config, world))
     accelerator, out_dir, world, rank, device = run.accelerator, run.out_dir, run.world, run.rank, run.device
     g = config.grpo
     per_rank = g.prompts_per_step // world
@@ -166,21 +142,21 @@ def train(
     schedulers: dict[str, Any] = {}
     flow_model, lm_model, ema = flow.transformer, None, None
     if train_flow:
-        opt = adamw(flow.trainable_parameters(), config.optim)
+        opt = scaffold.adamw(flow.trainable_parameters(), config.optim)
         flow_model, opt = accelerator.prepare(flow.transformer, opt)
         optimizers["flow_optimizer"] = opt
-        schedulers["flow"] = warmup_schedule(opt, config.optim)
+        schedulers["flow"] = scaffold.warmup_schedule(opt, config.optim)
         if config.flow.ema:
             ema = EMA(flow.trainable_parameters(), config.flow.ema_decay)
     if lm is not None:
         params = [p for p in lm.model.parameters() if p.requires_grad]
-        lm_model, opt = accelerator.prepare(lm.model, adamw(params, config.policy_optim))
+        lm_model, opt = accelerator.prepare(lm.model, scaffold.adamw(params, config.policy_optim))
         optimizers["lm_optimizer"] = opt
-        schedulers["lm"] = warmup_schedule(opt, config.policy_optim)
+        schedulers["lm"] = scaffold.warmup_schedule(opt, config.policy_optim)
     tracker = grpo.stat_tracker(g)
 
     # ---- resume
-    start, ckpt = 0, checkpoint_to_resume(run, config)
+    start, ckpt = 0, scaffold.checkpoint_to_resume(run, config)
     if ckpt is not None:
         state = load_checkpoint(
             ckpt, flow=flow, lm_model=lm_model, optimizers=optimizers, ema=ema, accelerator=accelerator
@@ -189,13 +165,13 @@ def train(
             sched.load_state_dict(state["schedulers"][key])
             o = config.optim if key == "flow" else config.policy_optim
             apply_optim_settings(optimizers[f"{key}_optimizer"], sched, o)
-        start = resumed_step(ckpt, state, g.prompts_per_step, tracker)
+        start = scaffold.resumed_step(ckpt, state, g.prompts_per_step, tracker)
     lm_info = None if lm is None else {"model": config.policy.model, "revision": config.policy.revision}
-    logger = open_logs(
+    logger = scaffold.open_logs(
         run,
         config,
         start,
-        lambda: manifest(
+        lambda: scaffold.manifest(
             f"{config.mode}-grpo",
             config,
             world,
@@ -207,7 +183,7 @@ def train(
     # ---- the loop
     history: list[dict[str, Any]] = []
     last_ckpt = ckpt
-    bar = progress_bar(run, config, start, f"{config.mode} GRPO")
+    bar = scaffold.progress_bar(run, config, start, f"{config.mode} GRPO")
     for step in bar:
         t0 = time.perf_counter()
         global_rows = step_prompts(rows, step, g.prompts_per_step, config.seed, config.data.shuffle)
@@ -291,7 +267,7 @@ def train(
                 optimizers=optimizers,
                 ema=ema,
                 accelerator=accelerator,
-                state=trainer_state(config, step + 1, world, tracker, schedulers=schedules),
+                state=scaffold.trainer_state(config, step + 1, world, tracker, schedulers=schedules),
                 keep=config.keep_checkpoints,
             )
 
@@ -308,8 +284,8 @@ def train(
         }
         atomic_write_json(tmp / "model_info.json", info)
 
-    final_dir = export_final(run, write_final, logger)
-    return FlowTrainResult(out_dir, config.steps, final_dir, last_ckpt, history)
+    final_dir = scaffold.export_final(run, write_final, logger)
+    return scaffold.TrainResult(out_dir, config.steps, final_dir, last_ckpt, history)
 
 
 # -------------------------------------------------------------------------------------------- logging
@@ -364,29 +340,13 @@ def log_images(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="evalsuite.harness.flow_train", description="Flow-GRPO / PromptRL / PromptLoop"
+    return scaffold.run_cli(
+        argv,
+        prog="evalsuite.harness.flow_train",
+        description="Flow-GRPO / PromptRL / PromptLoop",
+        train=lambda recipe, overrides: train(load_flow_config(recipe, overrides)),
+        saved="weights",
     )
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out-dir")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--no-resume", action="store_true")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.out_dir:
-        overrides.append(f"out_dir={args.out_dir}")
-    if args.steps is not None:
-        overrides.append(f"steps={args.steps}")
-    if args.no_resume:
-        overrides.append("resume=false")
-    try:
-        result = train(load_flow_config(args.config, overrides))
-    except EvalsuiteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"done: {result.steps} steps; weights saved to {result.final_dir}")
-    return 0
 
 
 if __name__ == "__main__":

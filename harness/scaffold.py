@@ -8,12 +8,13 @@ trainer (evalsuite.harness.checkpoint writes it atomically).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import random
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from evalsuite.harness.config import OptimConfig, save_config
 from evalsuite.harness.metrics import MetricsLog
 from evalsuite.harness.resume import check_resume
 
-from evalsuite.errors import ConfigError
+from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.reward import resolve_dtype
 from evalsuite.store import atomic_write_json
 
@@ -75,6 +76,17 @@ def check_logprobs_source(config: Any) -> None:
 
 
 # -------------------------------------------------------------------------------------------- setup
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed and finished) run leaves: its folder, final weights, per-step metrics."""
+
+    out_dir: Path
+    steps: int
+    final_dir: Path | None
+    last_checkpoint: Path | None
+    metrics: list[dict[str, Any]]
 
 
 @dataclass
@@ -231,3 +243,46 @@ def export_final(run: Run, write: Callable[[Path], None], logger: MetricsLog | N
             logger.close()
     run.accelerator.wait_for_everyone()
     return final_dir
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    train: Callable[[str, list[str]], TrainResult],
+    saved: str,
+) -> int:
+    """A trainer's command line: a recipe, ``--set KEY=VALUE`` overrides and shortcuts; ``train(recipe,
+    overrides)`` runs it. Errors in the recipe or the run are one line on stderr and exit status 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help="YAML recipe (harness/recipes/*.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set grpo.beta=0.01 (repeatable)",
+    )
+    parser.add_argument("--out-dir", help="shortcut for --set out_dir=DIR")
+    parser.add_argument("--steps", type=int, help="shortcut for --set steps=N")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.out_dir:
+        overrides.append(f"out_dir={args.out_dir}")
+    if args.steps is not None:
+        overrides.append(f"steps={args.steps}")
+    if args.no_resume:
+        overrides.append("resume=false")
+    try:
+        result = train(args.config, overrides)
+    except EvalsuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"done: {result.steps} steps; {saved} saved to {result.final_dir}")
+    return 0

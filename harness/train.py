@@ -22,17 +22,15 @@ One step:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from evalsuite.harness import grpo
+from evalsuite.harness import grpo, scaffold
 from evalsuite.harness.checkpoint import TRAINER_STATE, load_state, restore_rng, write_checkpoint
 from evalsuite.harness.config import TrainConfig, load_config
 from evalsuite.harness.metrics import log_param_hashes, param_hash
@@ -42,36 +40,13 @@ from evalsuite.harness.resume import apply_optim_settings
 from evalsuite.harness.rewards import RewardSet
 from evalsuite.harness.rewriter import RewriterPolicy, build_policy, save_rewriter
 from evalsuite.harness.rewriter_step import policy_update, rollout, sample_records, step_metrics
-from evalsuite.harness.scaffold import (
-    Run,
-    adamw,
-    check_logprobs_source,
-    checkpoint_to_resume,
-    export_final,
-    manifest,
-    open_logs,
-    progress_bar,
-    resumed_step,
-    start_run,
-    trainer_state,
-    warmup_schedule,
-)
 from evalsuite.harness.sft import sft_warm_start
 
-from evalsuite.errors import ConfigError, EvalsuiteError
+from evalsuite.errors import ConfigError
 from evalsuite.seeding import derive_seed
 from evalsuite.store import atomic_write_json
 
 # ------------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class TrainResult:
-    out_dir: Path
-    steps: int
-    final_dir: Path | None
-    last_checkpoint: Path | None
-    metrics: list[dict[str, Any]]
 
 
 def validate(config: TrainConfig, world: int) -> None:
@@ -97,7 +72,7 @@ def validate(config: TrainConfig, world: int) -> None:
         )
     if g.aggregation not in grpo.AGGREGATIONS:
         raise ConfigError(f"grpo.aggregation {g.aggregation!r} is not one of {grpo.AGGREGATIONS}")
-    check_logprobs_source(config)
+    scaffold.check_logprobs_source(config)
     if g.advantage_mode not in grpo.ADVANTAGE_MODES:
         raise ConfigError(f"grpo.advantage_mode {g.advantage_mode!r} is not one of {grpo.ADVANTAGE_MODES}")
     if config.steps < 0 or config.save_every < 1:
@@ -136,11 +111,11 @@ def build_generator(config: TrainConfig, reward_set: RewardSet, generator: Any, 
 
 def train(
     config: TrainConfig, *, generator: Any = None, rewards: dict[str, Any] | None = None
-) -> TrainResult:
+) -> scaffold.TrainResult:
     """Run (or resume) a rewriter GRPO run. ``generator``/``rewards`` inject ready-made objects (tests,
     notebooks) instead of building them from the config."""
     # ---- setup: processes, threads, checks, output folder, seeds
-    run = start_run(config, lambda world: validate(config, world))
+    run = scaffold.start_run(config, lambda world: validate(config, world))
     accelerator, out_dir, world, rank, device = run.accelerator, run.out_dir, run.world, run.rank, run.device
 
     # ---- data, rewards, generator
@@ -156,24 +131,24 @@ def train(
         seed=derive_seed(config.seed, "lora", 0),
         sft_adapter=None if sft_adapter is None else str(sft_adapter),
     )
-    optimizer = adamw([p for p in policy.model.parameters() if p.requires_grad], config.optim)
-    scheduler = warmup_schedule(optimizer, config.optim)
+    optimizer = scaffold.adamw([p for p in policy.model.parameters() if p.requires_grad], config.optim)
+    scheduler = scaffold.warmup_schedule(optimizer, config.optim)
     model, optimizer = accelerator.prepare(policy.model, optimizer)
     tracker = grpo.stat_tracker(config.grpo)  # Flow-GRPO's per-prompt statistics, cleared every step
 
     # ---- resume
-    start, ckpt = 0, checkpoint_to_resume(run, config)
+    start, ckpt = 0, scaffold.checkpoint_to_resume(run, config)
     if ckpt is not None:
         state = load_checkpoint(
             ckpt, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator
         )
         apply_optim_settings(optimizer, scheduler, config.optim)
-        start = resumed_step(ckpt, state, config.grpo.prompts_per_step, tracker)
-    logger = open_logs(
+        start = scaffold.resumed_step(ckpt, state, config.grpo.prompts_per_step, tracker)
+    logger = scaffold.open_logs(
         run,
         config,
         start,
-        lambda: manifest(
+        lambda: scaffold.manifest(
             "rewriter-grpo",
             config,
             world,
@@ -190,7 +165,7 @@ def train(
     micro = min(config.grpo.micro_batch_size, per_rank * config.grpo.group_size // config.grpo.minibatches)
     history: list[dict[str, Any]] = []
     last_ckpt = ckpt
-    bar = progress_bar(run, config, start, "rewriter GRPO")
+    bar = scaffold.progress_bar(run, config, start, "rewriter GRPO")
     for step in bar:
         t0 = time.perf_counter()
         # 1-3. prompts for this rank, sample, parse, render, score
@@ -253,7 +228,7 @@ def train(
                 model=model,
                 optimizer=optimizer,
                 scheduler=scheduler,
-                state=trainer_state(config, step + 1, world, tracker),
+                state=scaffold.trainer_state(config, step + 1, world, tracker),
                 sft_adapter=sft_adapter,
                 keep=config.keep_checkpoints,
             )
@@ -263,15 +238,15 @@ def train(
         unwrapped = accelerator.unwrap_model(model)
         save_rewriter(tmp, policy, unwrapped, step=max(config.steps, start), sft_adapter=sft_adapter)
 
-    final_dir = export_final(run, write_final, logger)
-    return TrainResult(out_dir, config.steps, final_dir, last_ckpt, history)
+    final_dir = scaffold.export_final(run, write_final, logger)
+    return scaffold.TrainResult(out_dir, config.steps, final_dir, last_ckpt, history)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(
-    run: Run,
+    run: scaffold.Run,
     step: int,
     *,
     policy: RewriterPolicy,
@@ -318,36 +293,13 @@ def load_checkpoint(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="evalsuite.harness.train",
-                                     description="GRPO training of a prompt rewriter")
-    parser.add_argument("--config", required=True, help="YAML recipe (harness/recipes/*.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set grpo.beta=0.01 (repeatable)",
+    return scaffold.run_cli(
+        argv,
+        prog="evalsuite.harness.train",
+        description="GRPO training of a prompt rewriter",
+        train=lambda recipe, overrides: train(load_config(recipe, overrides)),
+        saved="rewriter",
     )
-    parser.add_argument("--out-dir", help="shortcut for --set out_dir=DIR")
-    parser.add_argument("--steps", type=int, help="shortcut for --set steps=N")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.out_dir:
-        overrides.append(f"out_dir={args.out_dir}")
-    if args.steps is not None:
-        overrides.append(f"steps={args.steps}")
-    if args.no_resume:
-        overrides.append("resume=false")
-    try:
-        config = load_config(args.config, overrides)
-        result = train(config)
-    except EvalsuiteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"done: {result.steps} steps; rewriter saved to {result.final_dir}")
-    return 0
 
 
 if __name__ == "__main__":
