@@ -50,6 +50,7 @@ from evalsuite.store import atomic_write_json
 
 
 def validate(config: TrainConfig, world: int) -> None:
+    """Refuse settings the loop cannot honour (groups split over ranks, uneven minibatches) up front."""
     g = config.grpo
     if g.group_size < 2:
         raise ConfigError(
