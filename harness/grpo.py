@@ -19,11 +19,12 @@ Conventions chosen against the peers (read from their code):
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from evalsuite.harness.stat_tracker import PerPromptStatTracker
 
 from evalsuite.errors import ConfigError, EvalsuiteError
 
@@ -37,12 +38,14 @@ __all__ = [
     "clip_advantages",
     "clipped_surrogate",
     "compute_group_advantages",
+    "gather_advantages",
     "group_advantages",
     "grpo_loss",
     "kl_gaussian",
     "kl_k3",
     "ratio_self_test",
     "reward_diagnostics",
+    "stat_tracker",
 ]
 
 AdvantageMode = Literal["group_std", "global_std", "none"]
@@ -189,96 +192,6 @@ def clip_advantages(adv: torch.Tensor, max_abs: float) -> torch.Tensor:
     if not max_abs > 0:
         raise ConfigError(f"max_abs must be > 0, got {max_abs}")
     return adv.clamp(-max_abs, max_abs)
-
-
-class PerPromptStatTracker:
-    """Flow-GRPO's per-prompt running statistics (flow_grpo/stat_tracking.py, type "grpo").
-
-    Each prompt keeps a buffer of all its rewards seen since the last ``clear()``; ``update`` appends the new
-    rewards, then A = (r − mean(buffer)) / (std + eps) with std the biased std of the buffer, or with
-    ``global_std`` the std of this call's rewards (all prompts). Flow-GRPO's training scripts call
-    ``clear()`` after every update, so in practice the buffer is the current batch; leaving it uncleared
-    (optionally capped by ``max_history`` rewards per prompt, oldest dropped) gives statistics across steps.
-    NaN rewards are not buffered and get advantage 0 (Flow-GRPO has no notion of not-applicable).
-    """
-
-    def __init__(
-        self,
-        global_std: bool = False,
-        eps: float = 1e-4,
-        *,
-        unbiased: bool = False,
-        max_history: int | None = None,
-    ) -> None:
-        if max_history is not None and max_history < 1:
-            raise ConfigError(f"max_history must be >= 1 or None, got {max_history}")
-        self.global_std = global_std
-        self.eps = eps
-        self.unbiased = unbiased
-        self.max_history = max_history
-        self.buffers: dict[str, list[float]] = {}
-        self.history_prompts: set[str] = set()
-
-    def update(self, prompts: Sequence[str], rewards: torch.Tensor | Sequence[float]) -> torch.Tensor:
-        """prompts: B strings; rewards: (B,). Returns (B,) float32 advantages (float64 maths as Flow-GRPO)."""
-        r = torch.as_tensor(rewards, dtype=torch.float64).detach().cpu().reshape(-1)
-        if len(prompts) != r.numel():
-            raise ConfigError(f"{len(prompts)} prompts for {r.numel()} rewards")
-        valid = torch.isfinite(r)
-        values = r.tolist()
-        for prompt, value, ok in zip(prompts, values, valid.tolist()):
-            self.history_prompts.add(prompt)
-            buf = self.buffers.setdefault(prompt, [])
-            if ok:
-                buf.append(value)
-        if self.max_history is not None:
-            for prompt in set(prompts):
-                del self.buffers[prompt][: -self.max_history]
-        stats = {}
-        for prompt in set(prompts):
-            buf = torch.tensor(self.buffers[prompt], dtype=torch.float64)
-            zero = torch.tensor(0.0, dtype=torch.float64)
-            stats[prompt] = (buf.mean(), self._std(buf)) if buf.numel() else (zero, zero)
-        global_std = self._std(r[valid])
-        adv = torch.zeros_like(r)
-        for i, (prompt, ok) in enumerate(zip(prompts, valid.tolist())):
-            if ok:
-                mean, std = stats[prompt]
-                adv[i] = (r[i] - mean) / ((global_std if self.global_std else std) + self.eps)
-        return adv.float()
-
-    def _std(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() < (2 if self.unbiased else 1):
-            return torch.tensor(0.0, dtype=torch.float64)
-        return x.std(correction=1 if self.unbiased else 0)
-
-    def stats(self) -> tuple[float, int]:
-        """(average buffered rewards per prompt, prompts ever seen), as Flow-GRPO's get_stats."""
-        avg = sum(len(v) for v in self.buffers.values()) / len(self.buffers) if self.buffers else 0.0
-        return avg, len(self.history_prompts)
-
-    def clear(self) -> None:
-        """Forget the buffers (not the prompt history), as Flow-GRPO does after every update."""
-        self.buffers = {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-safe state; rewards are stored as Python floats (float64), so resume is exact."""
-        return {
-            "global_std": self.global_std,
-            "eps": self.eps,
-            "unbiased": self.unbiased,
-            "max_history": self.max_history,
-            "buffers": {k: list(v) for k, v in self.buffers.items()},
-            "history_prompts": sorted(self.history_prompts),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.global_std = bool(state["global_std"])
-        self.eps = float(state["eps"])
-        self.unbiased = bool(state["unbiased"])
-        self.max_history = state["max_history"]
-        self.buffers = {k: [float(x) for x in v] for k, v in state["buffers"].items()}
-        self.history_prompts = set(state["history_prompts"])
 
 
 # ---------------------------------------------------------------------------------------- policy loss
@@ -472,3 +385,66 @@ def _nan_std(x: torch.Tensor) -> float:
     v = x.detach().double().reshape(-1)
     v = v[torch.isfinite(v)]
     return float(v.std()) if v.numel() > 1 else float("nan")
+
+
+# ---------------------------------------------------------------------------------- one training step
+
+
+@dataclass
+class StepAdvantages:
+    """A step's rewards and advantages over all ranks (identical on every rank), and this rank's share."""
+
+    raw: dict[str, torch.Tensor]  # component → (B,) raw values, all ranks
+    total: torch.Tensor  # (B,) combined reward
+    group_ids: list[int]
+    all: torch.Tensor  # (B,) advantages, clipped
+    mine: slice  # this rank's rows of the above
+    advantages: torch.Tensor  # (B / world,) float32, this rank's
+
+    def metrics(self) -> dict[str, float]:
+        diag = reward_diagnostics(self.total, self.group_ids)
+        return {
+            "reward/mean": diag["reward/mean"],
+            "reward/std": diag["reward/std"],
+            "groups/zero_std_fraction": diag["groups/zero_std_fraction"],
+            "adv/abs_mean": float(self.all.abs().mean()),
+        }
+
+
+def stat_tracker(settings: Any) -> PerPromptStatTracker | None:
+    """Flow-GRPO's per-prompt statistics when ``settings.per_prompt_tracker`` (biased std), else None."""
+    if not settings.per_prompt_tracker:
+        return None
+    global_std = settings.advantage_mode == "global_std"
+    return PerPromptStatTracker(global_std=global_std, eps=settings.advantage_eps)
+
+
+def gather_advantages(
+    raw: dict[str, torch.Tensor],
+    global_rows: list[dict],
+    *,
+    combine: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, Any]],
+    settings: Any,
+    tracker: PerPromptStatTracker | None,
+    accelerator: Any,
+) -> StepAdvantages:
+    """Gather every rank's reward components, ``combine`` them into one reward, then group-relative
+    advantages (or the tracker's, cleared every step) and the clip: the same on every rank. Each rank's
+    rows are the contiguous groups of its ``global_rows`` share."""
+    names = list(raw)
+    local = torch.stack([raw[k] for k in names], dim=1).to(accelerator.device)
+    gathered = accelerator.gather(local).cpu()
+    raw_all = {k: gathered[:, i] for i, k in enumerate(names)}
+    total, _ = combine(raw_all)
+    G = settings.group_size
+    group_ids = [r["position"] for r in global_rows for _ in range(G)]
+    if tracker is not None:
+        adv_all = tracker.update([r["prompt"] for r in global_rows for _ in range(G)], total)
+        tracker.clear()
+    else:
+        adv_all = group_advantages(total, group_ids, settings.advantage_mode, settings.advantage_eps)
+    if settings.adv_clip is not None:
+        adv_all = clip_advantages(adv_all, settings.adv_clip)
+    n = local.shape[0]
+    mine = slice(accelerator.process_index * n, (accelerator.process_index + 1) * n)
+    return StepAdvantages(raw_all, total, group_ids, adv_all, mine, adv_all[mine].float())

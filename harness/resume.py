@@ -24,7 +24,7 @@ from evalsuite.errors import ConfigError
 # Dotted config keys that may change on resume, and why that is safe: none of them changes what a
 # training step computes, only how long the run goes on, where it is and what it reports.
 RESUMABLE: dict[str, str] = {
-    "steps": "extends or shortens the run; the LR schedule does not depend on it (train._Warmup)",
+    "steps": "extends or shortens the run; the LR schedule does not depend on it (scaffold.Warmup)",
     "out_dir": "where the run folder is (it may have been moved or mounted elsewhere)",
     "resume": "true whenever a checkpoint is resumed",
     "resume_override": "only says whether other changes are allowed",

@@ -413,7 +413,7 @@ def test_parameter_sharding_engines_are_refused_with_a_clear_message():
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
-    from evalsuite.harness.train import check_engine
+    from evalsuite.harness.scaffold import check_engine
 
     check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, state=None))
     zero2 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))

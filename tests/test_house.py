@@ -132,3 +132,40 @@ def test_the_app_layer_reaches_the_rooms_by_registered_name():
         if any(m == f"evalsuite.{room}" or m.startswith(f"evalsuite.{room}.") for room in ROOMS)
     )
     assert not crossing, f"evalsuite/ imports a room directly: {crossing}"
+
+
+# Modules longer than the house limit today, each capped at its present length until it is split (owners:
+# the server and the LM/VL/flow policies are being restructured elsewhere); nothing new joins this list.
+LONG_TODAY = {"harness/flow_policy.py": 572, "harness/rewriter.py": 795, "harness/vl_policy.py": 518}
+TRAINERS = ("harness/train.py", "harness/flow_train.py")
+
+
+def _python_files() -> list[Path]:
+    return sorted(p for folder in ("evalsuite", *ROOMS, "tests") for p in (ROOT / folder).rglob("*.py")
+                  if "__pycache__" not in p.parts)
+
+
+def test_no_module_is_too_long():
+    """≤ 500 lines a module, ≤ 600 a test module: a file that long does more than one job."""
+    too_long = []
+    for path in _python_files():
+        rel = path.relative_to(ROOT).as_posix()
+        limit = LONG_TODAY.get(rel, 600 if rel.startswith("tests/") else 500)
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > limit:
+            too_long.append(f"{rel}: {lines} > {limit}")
+    assert not too_long, too_long
+
+
+@pytest.mark.parametrize("rel", TRAINERS)
+def test_each_trainer_is_a_short_loop(rel):
+    """A trainer file reads top to bottom (config → setup → loop → export); the rest is in the scaffold."""
+    lines = len((ROOT / rel).read_text(encoding="utf-8").splitlines())
+    assert lines <= 400, f"{rel}: {lines} lines"
+
+
+def test_the_flow_trainer_imports_nothing_from_the_rewriter_trainer():
+    """Shared pieces live in the run scaffold (harness/scaffold.py), not in another trainer's loop."""
+    found = sorted(m for m in imported_modules(ROOT / "harness" / "flow_train.py")
+                   if m == "evalsuite.harness.train" or m.startswith("evalsuite.harness.train."))
+    assert not found, found

@@ -383,7 +383,8 @@ def test_on_policy_self_test_passes_and_catches_broken_setups(
 
 
 def test_logprobs_source_and_its_checks(tmp_path):
-    from evalsuite.harness.train import logprobs_source, validate
+    from evalsuite.harness.scaffold import logprobs_source
+    from evalsuite.harness.train import validate
 
     cfg = make_config(tmp_path, Path("unused"))
     assert cfg.grpo.logprobs_from == "auto" and logprobs_source(cfg) == "sampler"  # float32
