@@ -48,18 +48,14 @@ from evalsuite.harness.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
+from evalsuite.harness.completion_format import ParsedCompletion
 from evalsuite.harness.config import RewardsConfig, save_config
 from evalsuite.harness.flow_config import FlowTrainConfig, load_flow_config, validate_flow_config
-from evalsuite.harness.flow_policy import (
-    FlowPolicy,
-    RefineRequest,
-    Trajectory,
-    choose_sde_steps,
-    choose_train_steps,
-)
+from evalsuite.harness.flow_policy import FlowPolicy, choose_sde_steps, choose_train_steps
+from evalsuite.harness.flow_trajectory import RefineRequest, Trajectory
 from evalsuite.harness.resume import apply_optim_settings, check_resume
 from evalsuite.harness.rewards import BUILTIN_COMPONENTS, RewardSet, finite_stats
-from evalsuite.harness.rewriter import ParsedCompletion, RewriterPolicy, save_rewriter
+from evalsuite.harness.rewriter import RewriterPolicy, save_rewriter
 from evalsuite.harness.train import (
     MetricsLog,
     _Warmup,

@@ -51,21 +51,19 @@ from evalsuite.harness.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
+from evalsuite.harness.completion_format import ParsedCompletion, count_words, format_completion
 from evalsuite.harness.config import DataConfig, SFTConfig, TrainConfig, load_config, save_config
 from evalsuite.harness.model_source import loading
 from evalsuite.harness.resume import apply_optim_settings, check_resume
 from evalsuite.harness.rewards import RewardSet, finite_stats
 from evalsuite.harness.rewriter import (
-    ParsedCompletion,
     RewriterPolicy,
     Rollout,
-    _set_training,
     build_policy,
     completion_logprobs,
-    count_words,
-    format_completion,
     save_rewriter,
 )
+from evalsuite.harness.rollout import set_training as _set_training
 
 from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.generator import GenerationRequest
