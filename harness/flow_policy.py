@@ -351,19 +351,20 @@ class FlowPolicy:
 
     def _sample_rows(
         self,
-        model,
-        cond,
-        seeds,
-        noise_seeds,
-        sigmas,
-        sde,
-        noise_level,
-        height,
-        width,
-        refine,
-        refine_steps,
-        offset,
-    ):
+        model: Any,
+        cond: Conditioning,
+        seeds: Sequence[int],
+        noise_seeds: Sequence[int],
+        sigmas: torch.Tensor,
+        sde: set[int],
+        noise_level: float,
+        height: int,
+        width: int,
+        refine: RefineHook | None,
+        refine_steps: set[int],
+        offset: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+        """One batch of rows of ``sample``; ``offset`` is the first row's index in the whole batch."""
         x = self.initial_noise(seeds, height, width)
         gens = [torch.Generator(device=self.device).manual_seed(int(s) + 1) for s in noise_seeds]
         steps = [x]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Self
+from typing import Any, TypeVar
 
 import torch
 from evalsuite.harness.completion_format import ParsedCompletion, parse_completion
@@ -22,6 +22,8 @@ from evalsuite.harness.lora import reference_policy
 from evalsuite.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------ rollouts
+
+_Batch = TypeVar("_Batch", bound="CompletionBatch")
 
 
 @dataclass
@@ -53,7 +55,7 @@ class CompletionBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def rows(self, index: slice) -> Self:
+    def rows(self: _Batch, index: slice) -> _Batch:
         """The same padded tensors restricted to rows ``index`` (no re-padding: shapes stay aligned)."""
         return replace(self, **self._rows_of_fields(index))
 
@@ -69,6 +71,11 @@ class CompletionBatch:
             "ref_logp": None if self.ref_logp is None else self.ref_logp[index],
             "extra": {},
         }
+
+
+def micro_batches(rollout: _Batch, micro_batch_size: int) -> list[_Batch]:
+    """``rollout`` in consecutive row blocks of ``micro_batch_size``: the trainer's forward batches."""
+    return [rollout.rows(slice(i, i + micro_batch_size)) for i in range(0, len(rollout), micro_batch_size)]
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,7 +248,3 @@ class CompletionPolicy:
             parse_completion(t, p, self.config.response_prefix)
             for t, p in zip(rollout.texts, rollout.prompts)
         ]
-
-
-def micro_batches(rollout: CompletionBatch, micro_batch_size: int) -> list[Any]:
-    return [rollout.rows(slice(i, i + micro_batch_size)) for i in range(0, len(rollout), micro_batch_size)]

@@ -21,8 +21,9 @@ Two Qwen2.5-VL details decide correctness:
   then an ordinary token instead of a feature-count mismatch crash inside the model.
 
 Prompts are left-padded (the KV-cache decode appends one column for every row) and completions
-right-padded, as in ``rewriter.Rollout``; positions count real tokens only, so a row's log-probs do
-not depend on which rows share its batch (up to float rounding).
+right-padded, as in the text rewriter (both build on ``rollout.CompletionBatch`` and share its decoding
+loop and log-prob recording); positions count real tokens only, so a row's log-probs do not depend on
+which rows share its batch (up to float rounding).
 """
 
 from __future__ import annotations
