@@ -11,22 +11,31 @@ step's ratio is 1.
   branches in one batched forward.
 - Kontext: the source image's VAE latents are appended as extra tokens (image ids with first coordinate 1);
   the velocity is read from the target tokens only.
-- LoRA via diffusers' PEFT integration; the reference policy is the same transformer with the adapter
-  disabled (``adapter_disabled``), so no second copy is held.
+- LoRA via diffusers' PEFT integration (``lora``); the reference policy is the same transformer with the
+  adapter disabled (``adapter_disabled``), so no second copy is held. The rollout's data types are in
+  ``flow_trajectory``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig
+from evalsuite.harness.flow_trajectory import Conditioning, RefineHook, RefineRequest, Trajectory
+from evalsuite.harness.lora import (
+    add_transformer_lora,
+    load_transformer_lora,
+    save_transformer_lora,
+    transformer_adapter_disabled,
+    transformer_lora_state_dict,
+)
 from evalsuite.harness.model_source import loading
 from evalsuite.harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
 from PIL import Image
@@ -34,75 +43,6 @@ from PIL import Image
 from evalsuite.errors import ConfigError
 from evalsuite.images import to_rgb
 from evalsuite.reward import resolve_dtype
-
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-
-
-@dataclass
-class Conditioning:
-    """Everything the transformer needs besides latents and σ, batched by row (one row per image)."""
-
-    prompt_embeds: torch.Tensor  # (B, L, D)
-    pooled: torch.Tensor  # (B, P)
-    text_ids: torch.Tensor  # (L, 3)
-    img_ids: torch.Tensor  # (S [+ S_src], 3)
-    guidance: torch.Tensor | None = None  # (B,) guidance embedding value, distilled models only
-    negative_embeds: torch.Tensor | None = None  # CFG branch, non-distilled models only
-    negative_pooled: torch.Tensor | None = None
-    cfg_scale: float = 1.0
-    source_latents: torch.Tensor | None = None  # (B, S_src, C) packed Kontext source tokens
-
-    def rows(self, index: torch.Tensor | slice | list[int]) -> Conditioning:
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[index]
-
-        return replace(
-            self,
-            prompt_embeds=self.prompt_embeds[index],
-            pooled=self.pooled[index],
-            guidance=pick(self.guidance),
-            negative_embeds=pick(self.negative_embeds),
-            negative_pooled=pick(self.negative_pooled),
-            source_latents=pick(self.source_latents),
-        )
-
-
-@dataclass
-class Trajectory:
-    """One batch of rollouts. ``latents[:, j]`` is the input of step j, ``latents[:, j + 1]`` its output
-    (fp32, packed); ``log_probs[:, j]`` is NaN on ODE steps. ``sigmas`` has num_steps + 1 entries."""
-
-    latents: torch.Tensor  # (B, N + 1, S, C) float32
-    log_probs: torch.Tensor  # (B, N) float32
-    sigmas: torch.Tensor  # (N + 1,) float32
-    sde_steps: list[int]
-    cond: Conditioning
-    height: int
-    width: int
-    noise_level: float
-    sde_type: str
-    images: list[Image.Image] = field(default_factory=list)
-    actions: list[dict[str, Any]] = field(default_factory=list)  # PromptLoop: what was refined when
-
-    def __len__(self) -> int:
-        return self.latents.shape[0]
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[1]) if len(self.sigmas) > 1 else 0.0
-
-
-@dataclass
-class RefineRequest:
-    """What a mid-trajectory hook (PromptLoop) sees at step ``step``: the decoded x̂0 previews."""
-
-    step: int
-    sigma: float
-    previews: list[Image.Image]
-    rows: list[int]  # the batch rows (trajectory indexes) the previews belong to
-
-
-RefineHook = Callable[[RefineRequest], "list[str] | None"]
 
 
 class FlowPolicy:
@@ -146,23 +86,7 @@ class FlowPolicy:
         return policy
 
     def add_lora(self, lora: FlowLoraSettings, *, seed: int = 0) -> None:
-        from peft import LoraConfig
-
-        names = {n for n, _ in self.transformer.named_modules()}
-        targets = [t for t in lora.target_modules if any(n == t or n.endswith("." + t) for n in names)]
-        if not targets:
-            raise ConfigError(f"flow.lora.target_modules {lora.target_modules} match no transformer module")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.transformer.add_adapter(
-                LoraConfig(
-                    r=lora.r, lora_alpha=lora.alpha, init_lora_weights="gaussian", target_modules=targets
-                )
-            )
-        for name, p in self.transformer.named_parameters():
-            if "lora_" in name:
-                p.data = p.data.float()  # fp32 master weights for the adapter, whatever the base dtype
-                p.requires_grad_(True)
+        add_transformer_lora(self.transformer, lora, seed=seed)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
@@ -427,19 +351,20 @@ class FlowPolicy:
 
     def _sample_rows(
         self,
-        model,
-        cond,
-        seeds,
-        noise_seeds,
-        sigmas,
-        sde,
-        noise_level,
-        height,
-        width,
-        refine,
-        refine_steps,
-        offset,
-    ):
+        model: Any,
+        cond: Conditioning,
+        seeds: Sequence[int],
+        noise_seeds: Sequence[int],
+        sigmas: torch.Tensor,
+        sde: set[int],
+        noise_level: float,
+        height: int,
+        width: int,
+        refine: RefineHook | None,
+        refine_steps: set[int],
+        offset: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+        """One batch of rows of ``sample``; ``offset`` is the first row's index in the whole batch."""
         x = self.initial_noise(seeds, height, width)
         gens = [torch.Generator(device=self.device).manual_seed(int(s) + 1) for s in noise_seeds]
         steps = [x]
@@ -517,40 +442,20 @@ class FlowPolicy:
 
     # ------------------------------------------------------------------------------------------ LoRA
 
-    @contextmanager
-    def adapter_disabled(self) -> Iterator[None]:
+    def adapter_disabled(self) -> contextlib.AbstractContextManager[None]:
         """The reference policy: the base transformer (LoRA off), restored afterwards even on error."""
-        self.transformer.disable_adapters()
-        try:
-            yield
-        finally:
-            self.transformer.enable_adapters()
+        return transformer_adapter_disabled(self.transformer)
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        return {
-            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.transformer).items()
-        }
+        return transformer_lora_state_dict(self.transformer)
 
     def save_lora(self, folder: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """diffusers LoRA format: loaded by ``pipe.load_lora_weights`` and ``evalsuite run --lora``."""
-        type(self.pipeline).save_lora_weights(
-            folder, transformer_lora_layers=state_dict or self.lora_state_dict(), safe_serialization=True
-        )
+        save_transformer_lora(type(self.pipeline), folder, state_dict or self.lora_state_dict())
 
     def load_lora(self, folder: str) -> None:
         """Restore adapter weights written by ``save_lora`` into the existing adapter (resume)."""
-        from pathlib import Path
-
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        weights = load_file(str(Path(folder) / LORA_WEIGHTS))
-        weights = {k.removeprefix("transformer."): v for k, v in weights.items()}
-        result = set_peft_model_state_dict(self.transformer, weights)
-        if getattr(result, "unexpected_keys", None):
-            raise ConfigError(f"{folder}: LoRA does not match flow.lora ({result.unexpected_keys[:3]}…)")
+        load_transformer_lora(self.transformer, folder)
 
 
 def choose_sde_steps(config: FlowPolicyConfig, rng: np.random.Generator) -> list[int]:

@@ -11,18 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from evalsuite.harness.completion_format import ParsedCompletion
 from evalsuite.harness.ema import EMA
 from evalsuite.harness.flow_config import FlowTrainConfig
-from evalsuite.harness.flow_policy import (
-    FlowPolicy,
-    RefineRequest,
-    Trajectory,
-    choose_sde_steps,
-    choose_train_steps,
-)
+from evalsuite.harness.flow_policy import FlowPolicy, choose_sde_steps, choose_train_steps
+from evalsuite.harness.flow_trajectory import RefineRequest, Trajectory
 from evalsuite.harness.prompts_data import load_source
 from evalsuite.harness.rewards import RewardSet, finite_stats
-from evalsuite.harness.rewriter import ParsedCompletion
 from evalsuite.harness.rewriter_step import record_rollout_logprobs
 from PIL import Image
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from evalsuite.harness.completion_format import ParsedCompletion, count_words
 from evalsuite.harness.config import RewardsConfig, RewardSpec
-from evalsuite.harness.rewriter import ParsedCompletion, count_words
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward

@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 from evalsuite.harness import grpo
+from evalsuite.harness.completion_format import ParsedCompletion, count_words
 from evalsuite.harness.config import TrainConfig
 from evalsuite.harness.metrics import reduce_over_ranks, reward_component_metrics
 from evalsuite.harness.rewards import RewardSet, finite_stats
-from evalsuite.harness.rewriter import ParsedCompletion, RewriterPolicy, Rollout, _set_training, count_words
+from evalsuite.harness.rewriter import RewriterPolicy, Rollout
+from evalsuite.harness.rollout import set_training
 from evalsuite.harness.scaffold import logprobs_source
 
 from evalsuite.generator import GenerationRequest
@@ -112,7 +114,7 @@ def policy_update(
     ro, n = batch.rollout, len(batch.rollout)
     mb = n // g.minibatches
     micro = min(g.micro_batch_size, mb)
-    _set_training(model, config.policy.train_mode or config.policy.gradient_checkpointing)
+    set_training(model, config.policy.train_mode or config.policy.gradient_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     passes = g.num_inner_epochs * g.minibatches
     totals: dict[str, torch.Tensor] = {}
@@ -171,7 +173,7 @@ def policy_update(
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + norm / passes
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    _set_training(model, False)
+    set_training(model, False)
     if ratio_min:
         totals["ratio_min"] = torch.stack(ratio_min).min()
         totals["ratio_max"] = torch.stack(ratio_max).max()

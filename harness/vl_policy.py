@@ -21,26 +21,31 @@ Two Qwen2.5-VL details decide correctness:
   then an ordinary token instead of a feature-count mismatch crash inside the model.
 
 Prompts are left-padded (the KV-cache decode appends one column for every row) and completions
-right-padded, as in ``rewriter.Rollout``; positions count real tokens only, so a row's log-probs do
-not depend on which rows share its batch (up to float rounding).
+right-padded, as in the text rewriter (both build on ``rollout.CompletionBatch`` and share its decoding
+loop and log-prob recording); positions count real tokens only, so a row's log-probs do not depend on
+which rows share its batch (up to float rounding).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
-from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
+from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, PolicyConfig
+from evalsuite.harness.lora import add_language_lora, enable_gradient_checkpointing
 from evalsuite.harness.model_source import loading
-from evalsuite.harness.rewriter import (
-    ParsedCompletion,
-    _adapter_disabled,
-    _end_token_ids,
-    add_lora,
-    parse_completion,
+from evalsuite.harness.rollout import (
+    CompletionBatch,
+    CompletionPolicy,
+    completion_texts,
+    decode_loop,
+    end_terminated,
+    end_token_ids,
+    eval_mode,
+    gathered_logprobs,
+    left_pad,
 )
 from PIL import Image
 
@@ -95,8 +100,8 @@ def resolve_vl_prompting(config: PolicyConfig) -> tuple[str, str]:
 
 
 @dataclass
-class VLRollout:
-    """Completions of one batch, with everything a forward needs to recompute them exactly.
+class VLRollout(CompletionBatch):
+    """A ``CompletionBatch`` of the VL refiner, with everything a forward needs to recompute it exactly.
 
     input_ids/attention_mask: (N, P + C), the left-padded chat prompt (image pads expanded) then the
     right-padded completion. position_ids: (3, N, P + C) M-RoPE positions (padding columns hold 0 in the
@@ -104,45 +109,17 @@ class VLRollout:
     tensor per row; image_grid_thw: (N, 3).
     """
 
-    prompts: list[str]
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    _: KW_ONLY
     position_ids: torch.Tensor
     pixel_values: list[torch.Tensor]
     image_grid_thw: torch.Tensor
-    prompt_len: int
-    texts: list[str]
-    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens before an end token
-    logp: torch.Tensor | None = None  # (N, C) sampling-time log-probs
-    ref_logp: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def completion_ids(self) -> torch.Tensor:
-        return self.input_ids[:, self.prompt_len :]
-
-    @property
-    def completion_mask(self) -> torch.Tensor:
-        return self.attention_mask[:, self.prompt_len :]
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def rows(self, index: slice) -> VLRollout:
-        """The same padded tensors restricted to rows ``index`` (no re-padding: shapes stay aligned)."""
-        return VLRollout(
-            self.prompts[index],
-            self.input_ids[index],
-            self.attention_mask[index],
-            self.position_ids[:, index],
-            self.pixel_values[index],
-            self.image_grid_thw[index],
-            self.prompt_len,
-            self.texts[index],
-            self.truncated[index],
-            None if self.logp is None else self.logp[index],
-            None if self.ref_logp is None else self.ref_logp[index],
-        )
+    def _rows_of_fields(self, index: slice) -> dict[str, Any]:
+        rows = super()._rows_of_fields(index)
+        rows["position_ids"] = self.position_ids[:, index]
+        rows["pixel_values"] = self.pixel_values[index]
+        rows["image_grid_thw"] = self.image_grid_thw[index]
+        return rows
 
 
 def hf_model(model: Any) -> Any:
@@ -194,12 +171,7 @@ def completion_logprobs(model: Any, rollout: VLRollout, temperature: float) -> t
         use_cache=False,
         logits_to_keep=n_completion + 1,
     )
-    logits = out.logits[:, :-1, :].float()
-    if temperature > 0:
-        logits = logits / temperature
-    targets = rollout.completion_ids
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - logits.logsumexp(-1)
+    return gathered_logprobs(out.logits[:, :-1, :], rollout.completion_ids, temperature)
 
 
 # ------------------------------------------------------------------------------------------ the policy
@@ -217,7 +189,7 @@ class _Prompts:
     image_grid_thw: torch.Tensor  # (N, 3)
 
 
-class VLRefinerPolicy:
+class VLRefinerPolicy(CompletionPolicy):
     """A Qwen2.5-VL (usually a ``PeftModel``), its processor, and the prompting/sampling settings.
 
     ``min_pixels``/``max_pixels`` are the preview's pixel budget (qwen-vl-utils resizing): they set how many
@@ -233,28 +205,16 @@ class VLRefinerPolicy:
         min_pixels: int = DEFAULT_VL_MIN_PIXELS,
         max_pixels: int = DEFAULT_VL_MAX_PIXELS,
     ) -> None:
-        if config.temperature < 0:
-            raise ConfigError(f"policy.temperature must be >= 0, got {config.temperature}")
+        super().__init__(model, processor.tokenizer, config)
         if config.max_new_tokens < 1:
             raise ConfigError(f"policy.max_new_tokens must be >= 1, got {config.max_new_tokens}")
         qvl.check_pixel_budget(min_pixels, max_pixels)
-        self.model = model
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.config = config
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
         self.system_prompt, self.user_template = resolve_vl_prompting(config)
-        self.end_ids = sorted(_end_token_ids(hf_model(model), self.tokenizer))
+        self.end_ids = end_token_ids(hf_model(model), self.tokenizer)
         self.pad_id = qvl.pad_token_id(processor)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def temperature(self) -> float:
-        return self.config.temperature
 
     def chat_text(self, prompt: str) -> str:
         """The chat prompt with ONE ``<|image_pad|>`` placeholder (expanded per image in ``encode``)."""
@@ -281,12 +241,7 @@ class VLRefinerPolicy:
             ]
             for p, n in zip(prompts, counts)
         ]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
+        ids, mask = left_pad(rows, self.pad_id)
         device = self.device
         ids, mask, grid = ids.to(device), mask.to(device), grid.to(device)
         base = hf_model(self.model)
@@ -310,19 +265,16 @@ class VLRefinerPolicy:
         n_completion = completion.shape[1]
         steps = torch.arange(n_completion, device=completion.device)
         completion_pos = (enc.next_position.unsqueeze(-1) + steps).unsqueeze(0).expand(3, -1, -1)
-        texts = self.tokenizer.batch_decode(
-            [row[m.bool()].tolist() for row, m in zip(completion, completion_mask)], skip_special_tokens=True
-        )
         return VLRollout(
             list(prompts),
             torch.cat([enc.input_ids, completion], dim=1),
             torch.cat([enc.attention_mask, completion_mask], dim=1),
-            torch.cat([enc.position_ids, completion_pos.to(enc.position_ids.dtype)], dim=2),
-            enc.pixel_values,
-            enc.image_grid_thw,
             enc.input_ids.shape[1],
-            texts,
+            completion_texts(self.tokenizer, completion, completion_mask),
             torch.zeros(len(prompts), dtype=torch.bool),
+            position_ids=torch.cat([enc.position_ids, completion_pos.to(enc.position_ids.dtype)], dim=2),
+            pixel_values=enc.pixel_values,
+            image_grid_thw=enc.image_grid_thw,
         )
 
     @torch.no_grad()
@@ -343,53 +295,48 @@ class VLRefinerPolicy:
         """
         model = self.model if model is None else model
         enc = self.encode(prompts, images)
-        n, max_new = enc.input_ids.shape[0], self.config.max_new_tokens
-        device = enc.input_ids.device
-        gen = torch.Generator(device=device).manual_seed(int(seed))
+        n = enc.input_ids.shape[0]
+        gen = torch.Generator(device=enc.input_ids.device).manual_seed(int(seed))
         greedy = greedy or self.temperature == 0
-        ends = torch.tensor(self.end_ids, device=device)
-        was_training = model.training
-        model.eval()
-        try:
-            mask = enc.attention_mask
+        with eval_mode(model):
             embeds = input_embeds(
                 model, enc.input_ids, enc.input_ids.shape[1], enc.pixel_values, enc.image_grid_thw
             )
             out = model(
                 inputs_embeds=embeds,
-                attention_mask=mask,
+                attention_mask=enc.attention_mask,
                 position_ids=enc.position_ids,
                 use_cache=True,
                 logits_to_keep=1,
             )
-            done = torch.zeros(n, dtype=torch.bool, device=device)
-            tokens, alive = [], []
-            for step in range(max_new):
-                logits = out.logits[:, -1, :].float()
+
+            def choose(logits: torch.Tensor) -> tuple[torch.Tensor, None]:
                 if greedy:
-                    nxt = logits.argmax(-1)
-                else:
-                    probs = torch.softmax(logits / self.temperature, dim=-1)
-                    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-                live = ~done
-                nxt = torch.where(live, nxt, torch.full_like(nxt, self.pad_id))
-                tokens.append(nxt)
-                alive.append(live)
-                done = done | torch.isin(nxt, ends)
-                if bool(done.all()) or step == max_new - 1:
-                    break
-                mask = torch.cat([mask, live.long().unsqueeze(-1)], dim=1)
-                pos = (enc.next_position + step).view(1, n, 1).expand(3, -1, -1)
+                    return logits.argmax(-1), None
+                probs = torch.softmax(logits / self.temperature, dim=-1)
+                return torch.multinomial(probs, 1, generator=gen).squeeze(-1), None
+
+            def next_logits(tokens: torch.Tensor, mask: torch.Tensor, step: int) -> torch.Tensor:
+                nonlocal out
                 out = model(
-                    input_ids=nxt.unsqueeze(-1),
+                    input_ids=tokens.unsqueeze(-1),
                     attention_mask=mask,
-                    position_ids=pos,
+                    position_ids=(enc.next_position + step).view(1, n, 1).expand(3, -1, -1),
                     past_key_values=out.past_key_values,
                     use_cache=True,
                 )
-        finally:
-            model.train(was_training)
-        rollout = self._rollout(prompts, enc, torch.stack(tokens, dim=1), torch.stack(alive, dim=1).long())
+                return out.logits[:, -1, :]
+
+            completion, completion_mask, _, done = decode_loop(
+                out.logits[:, -1, :],
+                choose,
+                next_logits,
+                enc.attention_mask,
+                max_new_tokens=self.config.max_new_tokens,
+                end_ids=self.end_ids,
+                pad_id=self.pad_id,
+            )
+        rollout = self._rollout(prompts, enc, completion, completion_mask)
         rollout.truncated = (~done).cpu()
         return rollout
 
@@ -397,9 +344,7 @@ class VLRefinerPolicy:
         self, prompts: Sequence[str], images: Sequence[Image.Image], completions: Sequence[str]
     ) -> VLRollout:
         """Given completions as a rollout (SFT, tests): each ends with the end-of-turn token."""
-        end = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
-        rows = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + [end] for c in completions]
-        rollout = self.teacher_forced_ids(prompts, images, rows)
+        rollout = self.teacher_forced_ids(prompts, images, end_terminated(self.tokenizer, completions))
         rollout.texts = list(completions)
         return rollout
 
@@ -418,67 +363,11 @@ class VLRefinerPolicy:
         rollout.truncated = truncated
         return rollout
 
-    def logprobs(
-        self, rollout: VLRollout, model: Any = None, *, temperature: float | None = None
-    ) -> torch.Tensor:
-        """(N, C) log-probs of the rollout's completion tokens (with grad if enabled by the caller)."""
-        return completion_logprobs(
-            self.model if model is None else model,
-            rollout,
-            self.temperature if temperature is None else temperature,
-        )
-
-    @torch.no_grad()
-    def record_logprobs(self, rollout: VLRollout, micro_batch_size: int, *, reference: bool = False) -> None:
-        """Fill ``rollout.logp`` (and ``ref_logp`` with the adapter disabled) in eval mode, in exactly
-        the micro-batches the trainer will use for its first recompute."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        try:
-            chunks = [
-                rollout.rows(slice(i, i + micro_batch_size)) for i in range(0, len(rollout), micro_batch_size)
-            ]
-            rollout.logp = torch.cat([self.logprobs(c) for c in chunks])
-            if reference:
-                with _adapter_disabled(model):
-                    rollout.ref_logp = torch.cat([self.logprobs(c) for c in chunks])
-        finally:
-            model.train(was_training)
-
-    def parse(self, rollout: VLRollout) -> list[ParsedCompletion]:
-        """Each completion judged; ``.rendered`` is the refined prompt, or the original when malformed."""
-        return [
-            parse_completion(t, p, self.config.response_prefix)
-            for t, p in zip(rollout.texts, rollout.prompts)
-        ]
+    def rollout_logprobs(self, model: Any, rollout: VLRollout, temperature: float) -> torch.Tensor:
+        return completion_logprobs(model, rollout, temperature)
 
 
 # ---------------------------------------------------------------------------------------- building
-
-
-def language_lora_pattern(target_modules: Sequence[str]) -> str:
-    """A PEFT ``target_modules`` regex matching the named linear layers of the LANGUAGE model only.
-
-    Qwen2.5-VL's vision blocks also have ``gate_proj``/``up_proj``/``down_proj``; plain names would put
-    LoRA into the vision tower, which PromptLoop keeps frozen. ``lm_head`` is kept if listed.
-    """
-    names = [n for n in target_modules if n != "lm_head"]
-    if not names and "lm_head" not in target_modules:
-        raise ConfigError("policy.lora.target_modules is empty")
-    alternatives = []
-    if names:
-        alternatives.append(r".*language_model\..*\.(?:" + "|".join(map(re.escape, names)) + ")")
-    if "lm_head" in target_modules:
-        alternatives.append(r"(?:.*\.)?lm_head")
-    return "|".join(f"(?:{a})" for a in alternatives)
-
-
-def add_language_lora(model: Any, lora: LoraSettings, adapter: str | None = None, *, trainable: bool = True):
-    """A PEFT LoRA on the language model's linear layers only: fresh, or the one saved at ``adapter``."""
-    return add_lora(
-        model, lora, adapter, trainable=trainable, targets=language_lora_pattern(lora.target_modules)
-    )
 
 
 def build_vl_policy(
@@ -506,13 +395,9 @@ def build_vl_policy(
             config.model, revision=config.revision, dtype=resolve_dtype(config.dtype)
         ).to(device)
     if lora:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # LoRA A matrices are random
-            model = add_language_lora(model, config.lora, adapter, trainable=trainable)
+        model = add_language_lora(model, config.lora, adapter, seed=seed, trainable=trainable)
     else:
         model.requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
+        enable_gradient_checkpointing(model)
     return VLRefinerPolicy(model, processor, config, min_pixels=min_pixels, max_pixels=max_pixels)

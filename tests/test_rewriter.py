@@ -7,14 +7,13 @@ import math
 import pytest
 import torch
 from evalsuite.harness import grpo
+from evalsuite.harness.completion_format import ParsedCompletion, parse_completion
 from evalsuite.harness.config import PolicyConfig, RewardsConfig, RewardSpec
 from evalsuite.harness.rewards import RewardSet, combine, format_reward, length_reward, normalize_component
 from evalsuite.harness.rewriter import (
-    ParsedCompletion,
     build_policy,
     completion_logprobs,
     load_rewriter,
-    parse_completion,
     save_rewriter,
 )
 
@@ -243,7 +242,7 @@ def test_sampler_logprobs_match_the_train_time_forward(trained):
 
 def test_lean_lora_forwards_are_bit_identical_to_peft(trained):
     """The sampler and the reference run PEFT's LoRA linears as plain ops: same bits, state restored."""
-    from evalsuite.harness.rewriter import _lean_lora, _reference_policy
+    from evalsuite.harness.lora import lean_lora, reference_policy
 
     ids, mask = trained.encode_prompts(PROMPTS)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -252,10 +251,10 @@ def test_lean_lora_forwards_are_bit_identical_to_peft(trained):
         peft_out = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
         with model.disable_adapter():
             peft_ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        with _lean_lora(model) as complete:
+        with lean_lora(model) as complete:
             assert complete
             lean_out = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        with _reference_policy(model):
+        with reference_policy(model):
             lean_ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     assert torch.equal(lean_out, peft_out) and torch.equal(lean_ref, peft_ref)
     assert not torch.equal(peft_out, peft_ref)  # the adapter matters
@@ -266,23 +265,23 @@ def test_lean_lora_forwards_are_bit_identical_to_peft(trained):
     # A sampled rollout is the same with PEFT's own forwards.
     with torch.no_grad():
         lean = trained.sample(PROMPTS, 2, seed=5)
-    import evalsuite.harness.rewriter as rw
-    original = rw._lean_forward
+    import evalsuite.harness.lora as lora
+    original = lora._lean_forward
     try:
-        rw._lean_forward = lambda module, adapter: None  # nothing patched: PEFT's forward everywhere
+        lora._lean_forward = lambda module, adapter: None  # nothing patched: PEFT's forward everywhere
         plain = trained.sample(PROMPTS, 2, seed=5)
     finally:
-        rw._lean_forward = original
+        lora._lean_forward = original
     assert torch.equal(lean.input_ids, plain.input_ids) and torch.equal(lean.sampler_logp, plain.sampler_logp)
 
 
 def test_reference_needs_a_peft_model(lm_dir):
-    from evalsuite.harness.rewriter import _reference_policy
+    from evalsuite.harness.lora import reference_policy
 
     from evalsuite.errors import ConfigError
 
     plain = build_policy(_config(lm_dir), lora=False)
-    with pytest.raises(ConfigError, match="needs a PEFT model"), _reference_policy(plain.model):
+    with pytest.raises(ConfigError, match="needs a PEFT model"), reference_policy(plain.model):
         pass
 
 

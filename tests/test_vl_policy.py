@@ -13,13 +13,13 @@ import re
 import pytest
 import torch
 from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
+from evalsuite.harness.lora import language_lora_pattern
 from evalsuite.harness.vl_policy import (
     DEFAULT_VL_SYSTEM_PROMPT,
     DEFAULT_VL_USER_TEMPLATE,
     VLRefinerPolicy,
     build_vl_policy,
     hf_model,
-    language_lora_pattern,
     resolve_vl_prompting,
     vl_policy_config,
 )
