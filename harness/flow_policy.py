@@ -41,8 +41,8 @@ from evalsuite.harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
 from PIL import Image
 
 from evalsuite.errors import ConfigError
+from evalsuite.generator import dtype_kwarg
 from evalsuite.images import to_rgb
-from evalsuite.reward import resolve_dtype
 
 
 class FlowPolicy:
@@ -68,9 +68,8 @@ class FlowPolicy:
         from diffusers import DiffusionPipeline
 
         with loading("flow.model", config.model):  # no such folder, not cached offline: one clear line
-            pipe = DiffusionPipeline.from_pretrained(
-                config.model, torch_dtype=resolve_dtype(config.dtype), revision=config.revision
-            )
+            pipe = DiffusionPipeline.from_pretrained(config.model, revision=config.revision,
+                                                     **dtype_kwarg(config.dtype))  # no deprecation warning
         if not hasattr(pipe, "transformer") or not hasattr(pipe, "vae"):
             raise ConfigError(f"{config.model}: {type(pipe).__name__} is not a FLUX-family pipeline")
         pipe.to(torch.device(device))

@@ -256,3 +256,14 @@ def test_gradient_checkpointing_gives_the_same_log_probs_and_gradients(tiny_dir)
         out.log_prob.sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_loading_passes_the_dtype_argument_diffusers_wants(tiny_dir):
+    """diffusers >= 0.40 deprecates ``torch_dtype``: training runs must not print that warning (-q promises
+    warnings only, and this one is ours to avoid)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FlowPolicy.from_pretrained(_config(tiny_dir / "flux"), seed=0)
+    assert not [str(w.message) for w in caught if "torch_dtype" in str(w.message)]
