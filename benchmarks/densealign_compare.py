@@ -22,7 +22,6 @@ from typing import Any
 
 from evalsuite.benchmarks.densealign import DenseAlignBench, prompt_id
 from evalsuite.benchmarks.densealign_rules import outcome_of, pairwise_stats, position_bias, swap_for
-
 from evalsuite.errors import ConfigError
 from evalsuite.images import to_rgb
 from evalsuite.manifest import check_or_write_manifest

@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evalsuite.benchmarks import dpg_rules as rules
 from PIL import Image
 
 from evalsuite.benchmark import Benchmark, PromptRecord, safe_name, split_sample_id
+from evalsuite.benchmarks import dpg_rules as rules
 from evalsuite.data import data_file, digest, resolve
 from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.images import to_rgb

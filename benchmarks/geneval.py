@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evalsuite.benchmarks.geneval_prompts import TAGS
-
 from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
+from evalsuite.benchmarks.geneval_prompts import TAGS
 from evalsuite.data import resolve
 from evalsuite.errors import ConfigError
 from evalsuite.sample import Sample

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
 from evalsuite.benchmarks.t2i_compbench_rules import (
     COMPLEX_KINDS,
     complex_key,
@@ -47,8 +48,6 @@ from evalsuite.benchmarks.t2i_compbench_rules import (
     remove_adjectives,
     three_in_one,
 )
-
-from evalsuite.benchmark import Benchmark, PromptRecord, split_sample_id
 from evalsuite.data import resolve
 from evalsuite.errors import ConfigError
 from evalsuite.nlp import parse, spacy_nlp

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from evalsuite.errors import ConfigError
 from evalsuite.harness.checkpoint import TRAINER_STATE, load_state, restore_rng, write_checkpoint
 from evalsuite.harness.ema import EMA
 from evalsuite.harness.flow_policy import FlowPolicy
 from evalsuite.harness.rewriter import RewriterPolicy, save_rewriter
-
-from evalsuite.errors import ConfigError
 from evalsuite.store import atomic_write_json
 
 

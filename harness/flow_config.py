@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalsuite.errors import ConfigError
 from evalsuite.harness.config import (
     DataConfig,
     GRPOSettings,
@@ -25,8 +26,6 @@ from evalsuite.harness.config import (
     from_dict,
     read_recipe,
 )
-
-from evalsuite.errors import ConfigError
 
 MODES = ("flow", "promptrl", "promptloop")
 

@@ -27,6 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+
+from evalsuite.errors import ConfigError
+from evalsuite.generator import dtype_kwarg
 from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig
 from evalsuite.harness.flow_trajectory import Conditioning, RefineHook, RefineRequest, Trajectory
 from evalsuite.harness.lora import (
@@ -38,10 +42,6 @@ from evalsuite.harness.lora import (
 )
 from evalsuite.harness.model_source import loading
 from evalsuite.harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
-from PIL import Image
-
-from evalsuite.errors import ConfigError
-from evalsuite.generator import dtype_kwarg
 from evalsuite.images import to_rgb
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+
 from evalsuite.harness.completion_format import ParsedCompletion
 from evalsuite.harness.ema import EMA
 from evalsuite.harness.flow_config import FlowTrainConfig
@@ -19,8 +21,6 @@ from evalsuite.harness.flow_trajectory import RefineRequest, Trajectory
 from evalsuite.harness.prompts_data import load_source
 from evalsuite.harness.rewards import RewardSet, finite_stats
 from evalsuite.harness.rewriter_step import record_rollout_logprobs
-from PIL import Image
-
 from evalsuite.sample import Sample
 from evalsuite.seeding import derive_seed
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from evalsuite.errors import ConfigError
 from evalsuite.harness import grpo, scaffold
 from evalsuite.harness.config import RewardsConfig
 from evalsuite.harness.ema import EMA
@@ -51,8 +53,6 @@ from evalsuite.harness.metrics import (
 from evalsuite.harness.prompts_data import data_folder, load_prompts, load_source, step_prompts
 from evalsuite.harness.resume import apply_optim_settings
 from evalsuite.harness.rewards import BUILTIN_COMPONENTS, RewardSet
-
-from evalsuite.errors import ConfigError
 from evalsuite.seeding import derive_seed
 from evalsuite.store import atomic_write_json
 

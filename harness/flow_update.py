@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+
 from evalsuite.harness import grpo
 from evalsuite.harness.flow_config import FlowTrainConfig
 from evalsuite.harness.flow_policy import FlowPolicy

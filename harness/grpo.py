@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from evalsuite.harness.stat_tracker import PerPromptStatTracker
 
 from evalsuite.errors import ConfigError, EvalsuiteError
+from evalsuite.harness.stat_tracker import PerPromptStatTracker
 
 __all__ = [
     "ADVANTAGE_MODES",

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evalsuite.harness.config import LoraSettings
-from evalsuite.harness.flow_config import FlowLoraSettings
 
 from evalsuite.errors import ConfigError
+from evalsuite.harness.config import LoraSettings
+from evalsuite.harness.flow_config import FlowLoraSettings
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name for a saved transformer LoRA
 

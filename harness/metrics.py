@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from evalsuite.harness.rewards import finite_stats
 from PIL import Image
 
+from evalsuite.harness.rewards import finite_stats
 from evalsuite.store import JsonlLog, atomic_write_bytes, atomic_write_text, jsonable
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from evalsuite.harness.config import DataConfig, SFTConfig
 from PIL import Image
 
 from evalsuite.errors import ConfigError
+from evalsuite.harness.config import DataConfig, SFTConfig
 from evalsuite.seeding import derive_seed
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from evalsuite.harness.checkpoint import TRAINER_STATE, latest_checkpoint
-from evalsuite.harness.config import from_dict
 
 from evalsuite.errors import ConfigError
+from evalsuite.harness.checkpoint import TRAINER_STATE, latest_checkpoint
+from evalsuite.harness.config import from_dict
 
 # Dotted config keys that may change on resume, and why that is safe: none of them changes what a
 # training step computes, only how long the run goes on, where it is and what it reports.

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from evalsuite.harness.completion_format import ParsedCompletion, count_words
-from evalsuite.harness.config import RewardsConfig, RewardSpec
 
 from evalsuite.errors import ConfigError
+from evalsuite.harness.completion_format import ParsedCompletion, count_words
+from evalsuite.harness.config import RewardsConfig, RewardSpec
 from evalsuite.reward import Reward
 from evalsuite.sample import Sample
 

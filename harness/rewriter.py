@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from evalsuite.errors import ConfigError
 from evalsuite.harness.completion_format import ParsedCompletion
 from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, PolicyConfig
 from evalsuite.harness.lora import add_lora, enable_gradient_checkpointing, lean_lora, merge_adapter
@@ -43,8 +45,6 @@ from evalsuite.harness.rollout import (
     gathered_logprobs,
     left_pad,
 )
-
-from evalsuite.errors import ConfigError
 from evalsuite.qwen_vl import right_pad
 from evalsuite.reward import resolve_dtype
 

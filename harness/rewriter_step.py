@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from evalsuite.generator import GenerationRequest
 from evalsuite.harness import grpo
 from evalsuite.harness.completion_format import ParsedCompletion, count_words
 from evalsuite.harness.config import TrainConfig
@@ -17,8 +19,6 @@ from evalsuite.harness.rewards import RewardSet, finite_stats
 from evalsuite.harness.rewriter import RewriterPolicy, Rollout
 from evalsuite.harness.rollout import set_training
 from evalsuite.harness.scaffold import logprobs_source
-
-from evalsuite.generator import GenerationRequest
 from evalsuite.sample import Sample
 from evalsuite.seeding import derive_seed
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import torch
+
+from evalsuite.errors import ConfigError
 from evalsuite.harness.completion_format import ParsedCompletion, parse_completion
 from evalsuite.harness.config import PolicyConfig
 from evalsuite.harness.lora import reference_policy
-
-from evalsuite.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------ rollouts
 

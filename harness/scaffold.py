@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.harness.checkpoint import CHECKPOINTS, LATEST, latest_checkpoint
 from evalsuite.harness.config import OptimConfig, save_config
 from evalsuite.harness.metrics import MetricsLog
 from evalsuite.harness.resume import check_resume
-
-from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.reward import resolve_dtype
 from evalsuite.store import atomic_write_json
 

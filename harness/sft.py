@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from evalsuite.errors import ConfigError
 from evalsuite.harness.completion_format import format_completion
 from evalsuite.harness.config import TrainConfig
 from evalsuite.harness.prompts_data import load_sft_pairs
 from evalsuite.harness.rewriter import build_policy, completion_logprobs
-
-from evalsuite.errors import ConfigError
 from evalsuite.seeding import derive_seed
 
 

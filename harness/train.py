@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from evalsuite.errors import ConfigError
 from evalsuite.harness import grpo, scaffold
 from evalsuite.harness.checkpoint import TRAINER_STATE, load_state, restore_rng, write_checkpoint
 from evalsuite.harness.config import TrainConfig, load_config
@@ -41,8 +43,6 @@ from evalsuite.harness.rewards import RewardSet
 from evalsuite.harness.rewriter import RewriterPolicy, build_policy, save_rewriter
 from evalsuite.harness.rewriter_step import policy_update, rollout, sample_records, step_metrics
 from evalsuite.harness.sft import sft_warm_start
-
-from evalsuite.errors import ConfigError
 from evalsuite.seeding import derive_seed
 from evalsuite.store import atomic_write_json
 

@@ -33,6 +33,10 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
+from PIL import Image
+
+from evalsuite import qwen_vl as qvl
+from evalsuite.errors import ConfigError
 from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, PolicyConfig
 from evalsuite.harness.lora import add_language_lora, enable_gradient_checkpointing
 from evalsuite.harness.model_source import loading
@@ -47,10 +51,6 @@ from evalsuite.harness.rollout import (
     gathered_logprobs,
     left_pad,
 )
-from PIL import Image
-
-from evalsuite import qwen_vl as qvl
-from evalsuite.errors import ConfigError
 from evalsuite.reward import resolve_dtype
 
 # Our own wording of PromptLoop's instruction (the paper's prompt is not public).

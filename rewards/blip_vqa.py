@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from evalsuite.rewards.compbench_rules import BLIP_MAX_QUESTIONS, attribute_score, blip_questions
 from PIL import Image
 
 from evalsuite.errors import ConfigError
 from evalsuite.nlp import parse, spacy_nlp
 from evalsuite.reward import Reward, Score
+from evalsuite.rewards.compbench_rules import BLIP_MAX_QUESTIONS, attribute_score, blip_questions
 from evalsuite.sample import Sample
 
 __all__ = ["BlipVQA", "yes_probability"]

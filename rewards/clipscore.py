@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from evalsuite.errors import ConfigError
+from evalsuite.reward import Reward, Score
 from evalsuite.rewards.clip_family import EncodedPrompts, cosine, embed_pairs
 from evalsuite.rewards.clip_models import (
     encode_images,
@@ -30,9 +33,6 @@ from evalsuite.rewards.clip_models import (
     local_model_dir,
     tokenize,
 )
-
-from evalsuite.errors import ConfigError
-from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
 
 __all__ = ["VARIANTS", "CLIPScore", "clipscore"]

@@ -10,6 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from PIL import Image
+
+from evalsuite.errors import ConfigError
+from evalsuite.nlp import parse, spacy_nlp
+from evalsuite.reward import Reward, Score
 from evalsuite.rewards.compbench_rules import (
     dedup_detections,
     numeracy_score,
@@ -18,11 +23,6 @@ from evalsuite.rewards.compbench_rules import (
     spatial_score,
     unidet_input_size,
 )
-from PIL import Image
-
-from evalsuite.errors import ConfigError
-from evalsuite.nlp import parse, spacy_nlp
-from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
 
 __all__ = ["CompBenchDetection", "Detections"]

@@ -37,6 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+
+from evalsuite.errors import ConfigError
+from evalsuite.optional import require
+from evalsuite.reward import Reward, Score
 from evalsuite.rewards.geneval_rules import (
     COLORS,
     MODES,
@@ -47,11 +52,6 @@ from evalsuite.rewards.geneval_rules import (
     keep_detections,
     validate_metadata,
 )
-from PIL import Image
-
-from evalsuite.errors import ConfigError
-from evalsuite.optional import require
-from evalsuite.reward import Reward, Score
 from evalsuite.sample import Sample
 
 __all__ = [

@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from evalsuite.rewards import imagereward_checkpoint as checkpoint
 from PIL import Image
 from torch import nn
 
 from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
+from evalsuite.rewards import imagereward_checkpoint as checkpoint
 from evalsuite.sample import Sample
 
 __all__ = [

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
+from PIL import Image
+
+from evalsuite.errors import ConfigError
 from evalsuite.rewards.judge_protocol import (
     JUDGE_PROMPT,
     LABEL_PROMPT_SUFFIX,
@@ -13,9 +16,6 @@ from evalsuite.rewards.judge_protocol import (
     AnswerParseError,
     parse_answer,
 )
-from PIL import Image
-
-from evalsuite.errors import ConfigError
 from evalsuite.scorer import PREFERENCES, Judgement, PairJudge
 
 LOCAL_MODES = ("generate", "score")

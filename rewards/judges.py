@@ -29,6 +29,9 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from PIL import Image
+
+from evalsuite.errors import ConfigError
 from evalsuite.rewards.judge_local import LocalQwenJudge
 from evalsuite.rewards.judge_protocol import (
     JUDGE_PROMPT,
@@ -38,9 +41,6 @@ from evalsuite.rewards.judge_protocol import (
     encode_image,
     parse_answer,
 )
-from PIL import Image
-
-from evalsuite.errors import ConfigError
 from evalsuite.scorer import Judgement, PairJudge
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta/openai/"

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evalsuite.rewards.clip_family import EncodedPrompts, cosine, embed_pairs
 
 from evalsuite.reward import Reward, Score
+from evalsuite.rewards.clip_family import EncodedPrompts, cosine, embed_pairs
 from evalsuite.sample import Sample
 
 __all__ = [

@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 import torch
-from evalsuite.rewards.brightness import LUMA, Brightness
-from evalsuite.rewards.multi import MultiReward
 from PIL import Image
 
 from evalsuite import Reward, RewardOutput, Sample, Score
+from evalsuite.rewards.brightness import LUMA, Brightness
+from evalsuite.rewards.multi import MultiReward
 from evalsuite.server import RewardServer
 from tests.reward_tester import bad_inputs
 

@@ -16,13 +16,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.blip_vqa import BlipVQA, yes_probability
-from evalsuite.rewards.compbench_rules import attribute_score, blip_questions, format4, pre_question
 from PIL import Image
 
 from evalsuite import Sample
 from evalsuite.errors import MissingBackendError
 from evalsuite.nlp import parse, spacy_nlp
+from evalsuite.rewards.blip_vqa import BlipVQA, yes_probability
+from evalsuite.rewards.compbench_rules import attribute_score, blip_questions, format4, pre_question
 from tests.reward_tester import CHECKS, RewardSpec
 
 SIDE = 48  # not the tiny checkpoint's 32: exercises position-embedding interpolation (official: 480 vs 384)

@@ -10,6 +10,9 @@ import math
 import threading
 
 import pytest
+from PIL import Image, ImageStat
+
+from evalsuite import ConfigError, DiffusersGenerator, Sample, UnknownNameError
 from evalsuite.benchmarks.densealign import DenseAlignBench, prompt_id
 from evalsuite.benchmarks.densealign_compare import LOG_NAME, compare_runs, load_run, pair_id
 from evalsuite.benchmarks.densealign_rules import (
@@ -22,12 +25,9 @@ from evalsuite.benchmarks.densealign_rules import (
     position_bias,
     swap_for,
 )
+from evalsuite.evaluate import evaluate
 from evalsuite.rewards.judge_local import LocalQwenJudge
 from evalsuite.rewards.judges import OpenAIJudge
-from PIL import Image, ImageStat
-
-from evalsuite import ConfigError, DiffusersGenerator, Sample, UnknownNameError
-from evalsuite.evaluate import evaluate
 from evalsuite.scorer import Judgement, PairJudge
 from evalsuite.store import JsonlLog
 from tests.test_judges import FakeChatServer, decode_images, status, verdict

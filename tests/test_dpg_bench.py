@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from evalsuite.benchmarks import dpg_rules as rules
-from evalsuite.benchmarks.dpg_bench import DPGBench, make_grid, quadrant_box, split_grid, write_official_grids
 from PIL import Image
 
 from evalsuite import ConfigError, DiffusersGenerator, Sample
+from evalsuite.benchmarks import dpg_rules as rules
+from evalsuite.benchmarks.dpg_bench import DPGBench, make_grid, quadrant_box, split_grid, write_official_grids
 from evalsuite.evaluate import evaluate
 
 # (item_id, proposition_id, dependency, tuple, question), in file order. Item "0" comes first, so official

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig
-from evalsuite.harness.flow_policy import FlowPolicy, choose_sde_steps, choose_train_steps
-from evalsuite.harness.grpo import kl_gaussian
 from PIL import Image
 
 from evalsuite.errors import ConfigError
+from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig
+from evalsuite.harness.flow_policy import FlowPolicy, choose_sde_steps, choose_train_steps
+from evalsuite.harness.grpo import kl_gaussian
 
 TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "proj_mlp", "proj_out", "ff.net.2"]
 

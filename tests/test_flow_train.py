@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
+
+from evalsuite.errors import ConfigError
 from evalsuite.harness import flow_train
 from evalsuite.harness.config import (
     DataConfig,
@@ -31,9 +34,6 @@ from evalsuite.harness.flow_config import (
     load_flow_config,
 )
 from evalsuite.harness.grpo import OnPolicyError
-from PIL import Image
-
-from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,9 +127,8 @@ def test_flux_learns_a_brightness_reward_and_lr_zero_does_not(flux_runs):
 
 
 def test_run_writes_logs_images_manifest_and_a_loadable_lora(flux_runs, tiny_dir):
-    from evalsuite.harness.flow_policy import FlowPolicy
-
     from evalsuite.generator import DiffusersGenerator, GenerationRequest
+    from evalsuite.harness.flow_policy import FlowPolicy
 
     learned, _ = flux_runs
     out = learned.out_dir
@@ -413,6 +412,7 @@ def test_parameter_sharding_engines_are_refused_with_a_clear_message():
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
+
     from evalsuite.harness.scaffold import check_engine
 
     check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, state=None))

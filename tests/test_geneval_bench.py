@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from evalsuite.benchmarks.geneval import GenEval, read_metadata
-from evalsuite.benchmarks.geneval_prompts import generate_suite, to_jsonl
-from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES
-from evalsuite.rewards.geneval_rules import validate_metadata
 from PIL import Image
 
 from evalsuite import DiffusersGenerator, Sample
+from evalsuite.benchmarks.geneval import GenEval, read_metadata
+from evalsuite.benchmarks.geneval_prompts import generate_suite, to_jsonl
 from evalsuite.data import resolve
 from evalsuite.evaluate import evaluate
+from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES
+from evalsuite.rewards.geneval_rules import validate_metadata
 
 
 def test_generator_reproduces_the_official_prompt_file(data_dir):

@@ -9,6 +9,7 @@ centre at (5, 5). Default thresholds: 0.3 (strictly greater), counting 0.9, max 
 from __future__ import annotations
 
 import pytest
+
 from evalsuite.rewards.geneval_rules import (
     Thresholds,
     box_iou,

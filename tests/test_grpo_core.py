@@ -11,6 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evalsuite.errors import ConfigError, EvalsuiteError
 from evalsuite.harness.grpo import (
     OnPolicyError,
     PerPromptStatTracker,
@@ -25,10 +29,6 @@ from evalsuite.harness.grpo import (
     ratio_self_test,
     reward_diagnostics,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from evalsuite.errors import ConfigError, EvalsuiteError
 
 NAN = float("nan")
 LN2 = math.log(2.0)

@@ -14,12 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from evalsuite.rewards.judge_local import LocalQwenJudge
-from evalsuite.rewards.judge_protocol import JUDGE_PROMPT, LABEL_PROMPT_SUFFIX, AnswerParseError, parse_answer
-from evalsuite.rewards.judges import API_KEY_ENV, OpenAIJudge, make_judge
 from PIL import Image
 
 from evalsuite.errors import ConfigError
+from evalsuite.rewards.judge_local import LocalQwenJudge
+from evalsuite.rewards.judge_protocol import JUDGE_PROMPT, LABEL_PROMPT_SUFFIX, AnswerParseError, parse_answer
+from evalsuite.rewards.judges import API_KEY_ENV, OpenAIJudge, make_judge
 
 
 # -- a fake OpenAI-compatible server on 127.0.0.1 -------------------------------------------------

@@ -1,9 +1,9 @@
 import math
 
 import pytest
-from evalsuite.rewards.multi import MultiReward, parse_weights
 
 from evalsuite import ConfigError, Reward, Sample, Score, get_reward
+from evalsuite.rewards.multi import MultiReward, parse_weights
 
 
 class Const(Reward):

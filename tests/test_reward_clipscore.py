@@ -13,6 +13,10 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from evalsuite import Sample, get_reward
+from evalsuite.errors import ConfigError
 from evalsuite.rewards import clip_models
 from evalsuite.rewards.clip_models import (
     CONFIG_FILE,
@@ -23,10 +27,6 @@ from evalsuite.rewards.clip_models import (
     zero_shot_classifier,
 )
 from evalsuite.rewards.clipscore import VARIANTS, CLIPScore, clipscore
-from PIL import Image
-
-from evalsuite import Sample, get_reward
-from evalsuite.errors import ConfigError
 from evalsuite.tiny.open_clip import write_tiny_open_clip
 from tests.reward_tester import CHECKS, RewardSpec
 

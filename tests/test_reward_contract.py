@@ -3,11 +3,11 @@
 import math
 
 import pytest
-from evalsuite.rewards.brightness import Brightness
 from PIL import Image
 
 from evalsuite import ConfigError, Reward, Sample, Score
 from evalsuite.errors import MissingBackendError
+from evalsuite.rewards.brightness import Brightness
 
 
 def solid(value: int, size=(8, 8)) -> Image.Image:

@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from evalsuite import Sample
+from evalsuite.errors import ConfigError
 from evalsuite.rewards.editreward import (
     EDITREWARD_PIXELS,
     RATING_SUFFIX,
@@ -18,10 +22,6 @@ from evalsuite.rewards.editreward import (
     EditReward,
     fuse_heads,
 )
-from PIL import Image
-
-from evalsuite import Sample
-from evalsuite.errors import ConfigError
 from evalsuite.tiny.editreward import write_tiny_editreward
 from tests.reward_tester import CHECKS, RewardSpec, close
 

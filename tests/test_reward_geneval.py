@@ -20,11 +20,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES, GenEvalReward, TransformersDetector, crop_object
 from PIL import Image, ImageDraw
 
 from evalsuite import Sample
 from evalsuite.errors import ConfigError, MissingBackendError
+from evalsuite.rewards.geneval import GENEVAL_OBJECT_NAMES, GenEvalReward, TransformersDetector, crop_object
 from tests.reward_tester import CHECKS, RewardSpec
 
 THRESHOLDS = {"threshold": 0.0083, "counting_threshold": 0.0082}

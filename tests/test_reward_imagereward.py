@@ -18,6 +18,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from evalsuite import Sample, get_reward
+from evalsuite.errors import ConfigError
 from evalsuite.rewards.imagereward import (
     SCORE_MEAN,
     SCORE_STD,
@@ -28,10 +32,6 @@ from evalsuite.rewards.imagereward import (
     tokenize_prompts,
 )
 from evalsuite.rewards.imagereward_checkpoint import convert_imagereward_state_dict, map_official_key
-from PIL import Image
-
-from evalsuite import Sample, get_reward
-from evalsuite.errors import ConfigError
 from evalsuite.tiny.imagereward import write_tiny_imagereward
 from tests.reward_tester import CHECKS, RewardSpec
 
@@ -368,7 +368,6 @@ def test_tokenizer_without_blip_tokens_gets_them_like_init_tokenizer(ir_dir, tmp
     """A plain bert-base-uncased-style tokenizer (as the official code loads) gains [DEC] (bos) and [ENC]
     after its vocabulary, and the ``tokenizer=`` option overrides the checkpoint folder's files."""
     from evalsuite.rewards.imagereward import _load_tokenizer
-
     from evalsuite.tiny.tokenizers import build_bert_tokenizer
 
     plain = build_bert_tokenizer()

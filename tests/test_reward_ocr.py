@@ -8,6 +8,10 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from evalsuite import ConfigError, Sample, get_reward
+from evalsuite.errors import MissingBackendError
 from evalsuite.rewards.ocr import (
     OCRReward,
     join_lines,
@@ -18,10 +22,6 @@ from evalsuite.rewards.ocr import (
     ocr_reward,
     quoted_target,
 )
-from PIL import Image, ImageDraw, ImageFont
-
-from evalsuite import ConfigError, Sample, get_reward
-from evalsuite.errors import MissingBackendError
 from tests.reward_tester import CHECKS, RewardSpec
 
 pytest.importorskip("rapidocr")

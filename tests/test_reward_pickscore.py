@@ -14,6 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from evalsuite import Sample, get_reward
 from evalsuite.rewards.pickscore import (
     DEFAULT_PROCESSOR,
     FLOW_GRPO_NORMALIZER,
@@ -22,9 +25,6 @@ from evalsuite.rewards.pickscore import (
     features,
     pickscore,
 )
-from PIL import Image
-
-from evalsuite import Sample, get_reward
 from tests.reward_tester import CHECKS, RewardSpec
 
 LONG = "a red cube " * 30  # 90 BPE tokens + <|startoftext|> + <|endoftext|> = 92 > 77

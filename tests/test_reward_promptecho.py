@@ -9,11 +9,11 @@ from functools import cache
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.promptecho import DEFAULT_QUERY, PromptEcho, echo_reward
 from PIL import Image
 
 from evalsuite import Sample
 from evalsuite.errors import ConfigError
+from evalsuite.rewards.promptecho import DEFAULT_QUERY, PromptEcho, echo_reward
 from tests.reward_tester import CHECKS, RewardSpec, close
 
 LONG_CAPTION = " ".join(

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from evalsuite.harness import grpo
 from evalsuite.harness.completion_format import ParsedCompletion, parse_completion
 from evalsuite.harness.config import PolicyConfig, RewardsConfig, RewardSpec
@@ -276,9 +277,8 @@ def test_lean_lora_forwards_are_bit_identical_to_peft(trained):
 
 
 def test_reference_needs_a_peft_model(lm_dir):
-    from evalsuite.harness.lora import reference_policy
-
     from evalsuite.errors import ConfigError
+    from evalsuite.harness.lora import reference_policy
 
     plain = build_policy(_config(lm_dir), lora=False)
     with pytest.raises(ConfigError, match="needs a PEFT model"), reference_policy(plain.model):

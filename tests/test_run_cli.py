@@ -178,7 +178,6 @@ def test_run_with_a_rewriter(tiny_dir, tmp_path):
 def test_train_command_runs_a_yaml_recipe(tiny_dir, tmp_path):
     from evalsuite.harness.config import save_config
     from evalsuite.harness.rewriter import load_rewriter
-
     from tests.test_train import make_config
 
     out = tmp_path / "train"

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from evalsuite.harness.grpo import kl_gaussian
 from evalsuite.harness.sde import euler_step, gaussian_log_prob, predicted_x0, sde_step_with_logprob, step_std
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from evalsuite.rewards.brightness import Brightness
-from evalsuite.rewards.multi import MultiReward
 from PIL import Image
 
 from evalsuite import ConfigError, Sample
 from evalsuite.remote import RemoteReward, RemoteRewardError
+from evalsuite.rewards.brightness import Brightness
+from evalsuite.rewards.multi import MultiReward
 from evalsuite.server import (
     DEFAULT_HOST,
     RewardServer,

@@ -17,12 +17,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from evalsuite.rewards.brightness import Brightness
 from PIL import Image
 
 from evalsuite import ConfigError, Sample, UnknownNameError
 from evalsuite.images import MAX_PIXELS, ImageFailure
 from evalsuite.remote import RemoteReward, RemoteRewardError
+from evalsuite.rewards.brightness import Brightness
 from evalsuite.server import RewardServer
 from evalsuite.wire import PNG_SIGNATURE, SAMPLE_FIELDS, decode_image, dumps, loads, to_wire
 from tests.server_support import (

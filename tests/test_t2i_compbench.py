@@ -16,6 +16,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
+from evalsuite import DiffusersGenerator, Sample
 from evalsuite.benchmarks.t2i_compbench import CATEGORIES, T2ICompBench
 from evalsuite.benchmarks.t2i_compbench_rules import (
     complex_key,
@@ -27,6 +30,10 @@ from evalsuite.benchmarks.t2i_compbench_rules import (
     remove_adjectives,
     three_in_one,
 )
+from evalsuite.data import resolve
+from evalsuite.errors import ConfigError
+from evalsuite.evaluate import evaluate
+from evalsuite.nlp import Tok, parse
 from evalsuite.rewards.compbench_detection import CompBenchDetection
 from evalsuite.rewards.compbench_rules import (
     attribute_score,
@@ -41,13 +48,6 @@ from evalsuite.rewards.compbench_rules import (
     spatial_score,
     unidet_input_size,
 )
-from PIL import Image
-
-from evalsuite import DiffusersGenerator, Sample
-from evalsuite.data import resolve
-from evalsuite.errors import ConfigError
-from evalsuite.evaluate import evaluate
-from evalsuite.nlp import Tok, parse
 from tests.reward_tester import CHECKS, RewardSpec
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from evalsuite.errors import ConfigError
 from evalsuite.harness import grpo
 from evalsuite.harness.config import (
     DataConfig,
@@ -40,8 +42,6 @@ from evalsuite.harness.config import (
     TrainConfig,
     load_config,
 )
-
-from evalsuite.errors import ConfigError
 from evalsuite.reward import Reward, Score
 
 pytestmark = pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
@@ -236,11 +236,10 @@ class RecordingGenerator:
 
 
 def test_rollout_renders_the_original_prompt_for_malformed_completions(tiny, monkeypatch):
+    from evalsuite.generator import DiffusersGenerator
     from evalsuite.harness.rewards import RewardSet
     from evalsuite.harness.rewriter import build_policy
     from evalsuite.harness.train import load_prompts, rollout, step_prompts
-
-    from evalsuite.generator import DiffusersGenerator
 
     config = make_config(
         Path("unused"),
@@ -518,8 +517,9 @@ def test_run_outputs_logs_and_the_rewriter_loads_for_inference(learned):
 
 
 def test_stop_and_resume_gives_identical_weights_and_metrics(tiny, sft_adapter, tmp_path):
-    from evalsuite.harness.train import train
     from safetensors.torch import load_file
+
+    from evalsuite.harness.train import train
 
     kw = dict(steps=4, save_every=2, log_samples_every=1, grpo__per_prompt_tracker=True)
     full = train(make_config(_with_sft(tmp_path / "full", sft_adapter), tiny["qwen2-lm"], **kw))

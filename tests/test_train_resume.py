@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from evalsuite.harness.config import OptimConfig
 
 from evalsuite.errors import ConfigError
+from evalsuite.harness.config import OptimConfig
 from tests.test_flow_train import make_config as make_flow_config
 from tests.test_train import make_config
 

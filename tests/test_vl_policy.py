@@ -12,6 +12,9 @@ import re
 
 import pytest
 import torch
+from PIL import Image
+
+from evalsuite import qwen_vl as qvl
 from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, LoraSettings, PolicyConfig
 from evalsuite.harness.lora import language_lora_pattern
 from evalsuite.harness.vl_policy import (
@@ -23,9 +26,6 @@ from evalsuite.harness.vl_policy import (
     resolve_vl_prompting,
     vl_policy_config,
 )
-from PIL import Image
-
-from evalsuite import qwen_vl as qvl
 
 MAX_PIXELS = 16 * 28 * 28  # at most 16 image tokens per row: fast, and different sizes differ in tokens
 PROMPTS = ["a cat", "two dogs on a red sofa in the rain, seen from above", "a blue cube"]

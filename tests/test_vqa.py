@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.vqa import CallableVQA, QwenYesNoVQA, decide, get_vqa
 from PIL import Image
 
 from evalsuite.errors import ConfigError
+from evalsuite.rewards.vqa import CallableVQA, QwenYesNoVQA, decide, get_vqa
 from evalsuite.scorer import describe_vqa
 
 QUESTIONS = ["Is there a cabbage?", "Is the truck red?", "Are there eight cabbages?", "Is it morning?",

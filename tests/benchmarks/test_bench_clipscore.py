@@ -16,11 +16,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.clip_models import CONFIG_FILE, WEIGHTS_FILE
-from evalsuite.rewards.clipscore import CLIPScore
 from PIL import Image
 
 from evalsuite import Sample
+from evalsuite.rewards.clip_models import CONFIG_FILE, WEIGHTS_FILE
+from evalsuite.rewards.clipscore import CLIPScore
 
 ROUNDS = 5
 N = 16

@@ -16,8 +16,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.vqa import QwenYesNoVQA
 from PIL import Image
+
+from evalsuite.rewards.vqa import QwenYesNoVQA
 
 ROUNDS = 2
 QUADRANTS = 2

@@ -19,10 +19,10 @@ import time
 
 import pytest
 import torch
-from evalsuite.rewards.editreward import EDITREWARD_PIXELS, EditReward
 
 from evalsuite import Sample
 from evalsuite import qwen_vl as qvl
+from evalsuite.rewards.editreward import EDITREWARD_PIXELS, EditReward
 from tests.test_reward_editreward import SMALL, _img, hand_reward
 
 ROUNDS = 3

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from evalsuite.harness import flow_train
 from evalsuite.harness.config import DataConfig, GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
 from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig, FlowTrainConfig

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import torch
+
 from evalsuite.harness import grpo
 from evalsuite.harness.sde import sde_step_with_logprob
 

@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.geneval import GenEvalReward
-from evalsuite.rewards.geneval_rules import keep_detections
 
 from evalsuite import Sample
+from evalsuite.rewards.geneval import GenEvalReward
+from evalsuite.rewards.geneval_rules import keep_detections
 from tests.test_reward_geneval import picture
 
 N_IMAGES = 8

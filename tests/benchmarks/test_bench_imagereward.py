@@ -17,10 +17,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.imagereward import ImageReward
 from PIL import Image
 
 from evalsuite import Sample
+from evalsuite.rewards.imagereward import ImageReward
 from evalsuite.tiny.imagereward import write_tiny_imagereward
 
 ROUNDS = 5

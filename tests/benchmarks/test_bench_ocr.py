@@ -10,9 +10,9 @@ import math
 import time
 
 import pytest
-from evalsuite.rewards.ocr import RAPIDOCR_DEFAULTS, OCRReward
 
 from evalsuite import Sample
+from evalsuite.rewards.ocr import RAPIDOCR_DEFAULTS, OCRReward
 from tests.test_reward_ocr import render
 
 pytest.importorskip("rapidocr")

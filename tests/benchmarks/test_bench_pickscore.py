@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from evalsuite.rewards.pickscore import PickScore
 from PIL import Image
 
 from evalsuite import Sample
+from evalsuite.rewards.pickscore import PickScore
 
 ROUNDS = 5
 N = 16

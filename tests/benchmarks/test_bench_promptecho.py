@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from evalsuite.rewards.promptecho import PromptEcho
 
 from evalsuite import Sample
+from evalsuite.rewards.promptecho import PromptEcho
 from tests.test_reward_promptecho import LONG_CAPTION, _img
 
 ROUNDS = 5

@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 import pytest
-from evalsuite.rewards.brightness import Brightness
 from PIL import Image
 
 from evalsuite import Sample
 from evalsuite.remote import RemoteReward
+from evalsuite.rewards.brightness import Brightness
 from evalsuite.server import RewardServer
 
 ROUNDS = 3

@@ -71,7 +71,6 @@ def _median_gap(starts: list[float]) -> tuple[float, int]:
 
 def run_ours(lm: str, out: Path, steps: int, case: str) -> dict:
     import evalsuite.harness.train as ht
-
     from tests.test_train import make_config
 
     s = SIZES[case]
