@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Job:
+class Job:
     samples: list[Sample]
     arrived: float = field(default_factory=time.monotonic)
     notify: Callable[[], None] | None = None
@@ -69,9 +69,9 @@ class MicroBatcher:
         self._thread.start()
         return self
 
-    def submit(self, samples: list[Sample], notify: Callable[[], None] | None = None) -> _Job:
+    def submit(self, samples: list[Sample], notify: Callable[[], None] | None = None) -> Job:
         """Queue ``samples``; ``notify`` is called from the worker thread once the job is answered."""
-        job = _Job(samples, notify=notify)
+        job = Job(samples, notify=notify)
         with self._lock:
             if self._stopped:
                 raise RuntimeError("the reward server is shutting down")
@@ -91,7 +91,7 @@ class MicroBatcher:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        carry: _Job | None = None
+        carry: Job | None = None
         while True:
             first = carry if carry is not None else self._queue.get()
             if first is _STOP:
@@ -107,7 +107,7 @@ class MicroBatcher:
             if stop:
                 return
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
+    def _gather(self, first: Job) -> tuple[list[Job], Job | None, bool]:
         batch, size = [first], len(first.samples)
         if not self.merge:
             return batch, None, False
@@ -126,7 +126,7 @@ class MicroBatcher:
             size += len(job.samples)
         return batch, None, False
 
-    def _run(self, batch: list[_Job]) -> None:
+    def _run(self, batch: list[Job]) -> None:
         samples = [s for job in batch for s in job.samples]
         with self._lock:
             self.stats["score_calls"] += 1

@@ -27,32 +27,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from evalsuite.batching import MicroBatcher, _Job, slice_output
+from evalsuite.batching import Job, MicroBatcher
 from evalsuite.errors import ConfigError
-from evalsuite.images import ImageFailure
 from evalsuite.optional import require
 from evalsuite.reward import Reward
 from evalsuite.sample import Sample
 from evalsuite.wire import (
-    PNG_SIGNATURE,
     PROTOCOL,
-    SAMPLE_FIELDS,
-    PayloadError,
-    decode_image,
-    decode_sample,
-    decode_samples,
-    dumps,
-    encode_output,
-    loads,
     to_wire,
 )
-
-__all__ = [  # the codec names stay importable from here, where they used to live
-    "DEFAULT_HOST", "DEFAULT_PORT", "PNG_SIGNATURE", "PROTOCOL", "SAMPLE_FIELDS", "ImageFailure",
-    "MicroBatcher", "PayloadError", "RewardServer", "build_rewards", "decode_image", "decode_sample",
-    "decode_samples", "dumps", "encode_output", "is_loopback", "loads", "require_server_stack", "serve",
-    "slice_output", "to_wire",
-]
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +181,7 @@ class RewardServer:
         self.close()
 
     # -- used by the HTTP layer ------------------------------------------------------------------
-    def submit(self, name: str, samples: list[Sample], notify: Callable[[], None]) -> _Job:
+    def submit(self, name: str, samples: list[Sample], notify: Callable[[], None]) -> Job:
         """Queue a request's samples with the reward's batcher; ``RuntimeError`` once closing."""
         if self._closing:
             raise RuntimeError("the reward server is shutting down")
