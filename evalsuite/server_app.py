@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import h11
 import uvicorn
@@ -33,8 +33,17 @@ from evalsuite.reward import RewardOutput
 from evalsuite.sample import Sample
 from evalsuite.wire import PROTOCOL, PayloadError, decode_samples, dumps, encode_output, loads
 
-if TYPE_CHECKING:
-    from evalsuite.server import RewardServer
+
+class RewardServer(Protocol):
+    """What the HTTP layer needs of ``evalsuite.server.RewardServer`` (which builds this app)."""
+
+    rewards: Mapping[str, Any]
+    max_body_bytes: int
+    read_timeout_s: float
+
+    def health(self) -> dict[str, Any]: ...
+    def info(self, name: str) -> dict[str, Any]: ...
+    def submit(self, name: str, samples: list[Sample], notify: Callable[[], None]) -> Any: ...
 
 log = logging.getLogger(__name__)
 
