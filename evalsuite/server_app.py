@@ -45,6 +45,7 @@ class RewardServer(Protocol):
     def info(self, name: str) -> dict[str, Any]: ...
     def submit(self, name: str, samples: list[Sample], notify: Callable[[], None]) -> Any: ...
 
+
 log = logging.getLogger(__name__)
 
 # After a 413, uvicorn reads and drops a declared body up to this size so that the client, still
