@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # `evalsuite score`: the output is written, but some samples errored (a distinct code CI can gate on).
 SCORE_ERRORS_EXIT = 3
@@ -99,18 +100,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reward_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``score`` and ``compare --reward`` build their reward with: --device (default: the best one
+    here), --dtype (default float32) and the --option values."""
+    from evalsuite.runner import default_device, parse_options
+
+    options = parse_options(args.option)
+    return {"device": args.device or default_device(), "dtype": args.dtype or "float32", **options}
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from evalsuite.options import check_options
     from evalsuite.registry import get_reward, registry
-    from evalsuite.runner import default_device, parse_options
+    from evalsuite.runner import parse_options
     from evalsuite.scoring import mean_score, read_items, score_items
     from evalsuite.store import JsonlLog
 
-    kwargs = {
-        "device": args.device or default_device(),
-        "dtype": args.dtype or "float32",
-        **parse_options(args.option),
-    }
+    kwargs = _reward_kwargs(args)
     name = args.reward
     if "," in name or ":" in name:
         reward = get_reward("multi", weights=name, **kwargs)
@@ -190,16 +196,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return 2
     if args.reward:
         from evalsuite.registry import get_reward
-        from evalsuite.runner import default_device, parse_options
         from evalsuite.scoring import compare_with_reward
         from evalsuite.store import atomic_write_json
 
-        reward = get_reward(
-            args.reward,
-            device=args.device or default_device(),
-            dtype=args.dtype or "float32",
-            **parse_options(args.option),
-        )
+        reward = get_reward(args.reward, **_reward_kwargs(args))
         res = compare_with_reward(args.run_a, args.run_b, reward)
         if args.out:
             atomic_write_json(Path(args.out) / "results.json", res)

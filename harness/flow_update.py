@@ -54,12 +54,12 @@ def flow_update(
                             totals.get("selftest/max_abs_logp_diff", 0.0), diff
                         )
                         if g.ratio_check:
-                            try:
-                                grpo.ratio_self_test(out.log_prob, old, tol=g.ratio_tol)
-                            except grpo.OnPolicyError as e:
-                                raise grpo.OnPolicyError(
-                                    f"step {step}, rank {accelerator.process_index}: {e}"
-                                ) from e
+                            grpo.ratio_self_test(
+                                out.log_prob,
+                                old,
+                                tol=g.ratio_tol,
+                                context=f"step {step}, rank {accelerator.process_index}",
+                            )
                     adv = advantages[rows].to(out.log_prob.device)
                     per_pair, clip_mask = grpo.clipped_surrogate(
                         out.log_prob, old, adv, g.clip_eps, g.clip_eps_high
@@ -123,10 +123,9 @@ def lm_update(
             with sync:
                 logp = lm.logprobs(part, model)
                 if epoch == 0 and g.ratio_check:
-                    try:
-                        grpo.ratio_self_test(logp, part.logp, part.completion_mask, g.ratio_tol)
-                    except grpo.OnPolicyError as e:
-                        raise grpo.OnPolicyError(f"step {step} (LM policy): {e}") from e
+                    grpo.ratio_self_test(
+                        logp, part.logp, part.completion_mask, g.ratio_tol, context=f"step {step} (LM policy)"
+                    )
                 loss, stats = grpo.grpo_loss(
                     logp,
                     part.logp,

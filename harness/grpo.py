@@ -330,12 +330,18 @@ def grpo_loss(
 
 
 def ratio_self_test(
-    logp_new: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor | None = None, tol: float = 1e-5
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    tol: float = 1e-5,
+    *,
+    context: str = "",
 ) -> None:
     """Raise ``OnPolicyError`` unless |logp_new − logp_old| ≤ tol on every masked token.
 
     Call it on the first inner step right after sampling, when the policy has not moved: ρ must be exactly 1.
-    Any deviation means the train-time forward differs from the sampling-time one.
+    Any deviation means the train-time forward differs from the sampling-time one. ``context`` (e.g. "step
+    3, rank 0") starts the message, so a trainer's failure says where it happened.
     """
     diff = (logp_new.detach().double() - logp_old.detach().double()).abs()
     keep = torch.ones_like(diff, dtype=torch.bool) if mask is None else mask.to(diff.device) > 0
@@ -347,7 +353,8 @@ def ratio_self_test(
     where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
     n_bad = int((diff > tol).sum())
     raise OnPolicyError(
-        f"on-policy ratio self-test failed: max |logp_new - logp_old| = {worst:.3g} > tol {tol:g} "
+        f"{context + ': ' if context else ''}on-policy ratio self-test failed: "
+        f"max |logp_new - logp_old| = {worst:.3g} > tol {tol:g} "
         f"(at index {where}; {n_bad} of {int(keep.sum())} masked tokens off). The train-time log-probs must "
         "equal those recorded at sampling on the first inner step. Likely causes: a different dtype or "
         "autocast between sampling and training; padding side or attention mask/position ids differing; "

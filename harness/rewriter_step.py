@@ -132,12 +132,13 @@ def policy_update(
                 with accelerator.no_sync(model) if not last else nullcontext():
                     logp = policy.logprobs(part, model)
                     if first and g.ratio_check:
-                        try:
-                            grpo.ratio_self_test(logp, part.logp, part.completion_mask, g.ratio_tol)
-                        except grpo.OnPolicyError as e:
-                            raise grpo.OnPolicyError(
-                                f"step {step}, rank {accelerator.process_index}: {e}"
-                            ) from e
+                        grpo.ratio_self_test(
+                            logp,
+                            part.logp,
+                            part.completion_mask,
+                            g.ratio_tol,
+                            context=f"step {step}, rank {accelerator.process_index}",
+                        )
                     loss, stats = grpo.grpo_loss(
                         logp,
                         logp.detach() if first else part.logp,

@@ -303,6 +303,18 @@ def _position_failure(objects, targets, relation: str, position_threshold: float
     return None
 
 
+def _position_reason(clause, found, groups, position_threshold: float) -> str | None:
+    """Why a position clause fails (its reference include failed, or a pair lacks the relation); None if
+    it holds. Both rule families word it the same way."""
+    cls, (relation, ref) = clause["class"], clause["position"]
+    if groups[ref] is None:
+        return f"no target for {cls} to be {relation} (include[{ref}] failed)"
+    found_rel = _position_failure(found, groups[ref], relation, position_threshold)
+    if found_rel is not None:
+        return f"expected {cls} {relation} include[{ref}], found {found_rel}"
+    return None
+
+
 def evaluate(
     kept: Mapping[str, Sequence[Detection]],
     metadata: Mapping[str, Any],
@@ -361,15 +373,10 @@ def _evaluate_official(kept, metadata, colors, thresholds: Thresholds) -> RuleRe
                     fail(label, f"expected {clause['color']} {cls}>={count}, found "
                                 f"{got.count(clause['color'])} {clause['color']}; and {_color_summary(got)}")
             if "position" in clause and matched:
-                relation, ref = clause["position"]
-                if groups[ref] is None:
+                why = _position_reason(clause, found, groups, thresholds.position_threshold)
+                if why is not None:
                     matched = False
-                    fail(label, f"no target for {cls} to be {relation} (include[{ref}] failed)")
-                else:
-                    found_rel = _position_failure(found, groups[ref], relation, thresholds.position_threshold)
-                    if found_rel is not None:
-                        matched = False
-                        fail(label, f"expected {cls} {relation} include[{ref}], found {found_rel}")
+                    fail(label, why)
         groups.append(found if matched else None)
     for i, clause in enumerate(metadata.get("exclude", [])):
         cls, count = clause["class"], clause["count"]
@@ -412,18 +419,13 @@ def _evaluate_flow_grpo(kept, metadata, colors, thresholds: Thresholds, mode: st
                     fail(label, f"expected {clause['color']} {cls}=={count}, found {n_color} "
                                 f"{clause['color']}; and {_color_summary(got)}")
             if "position" in clause and matched:
-                relation, ref = clause["position"]
-                if groups[ref] is None:
+                why = _position_reason(clause, found, groups, thresholds.position_threshold)
+                if why is not None:
                     matched = False
-                    fail(label, f"no target for {cls} to be {relation} (include[{ref}] failed)")
+                    fail(label, why)
                     terms.append(0.0)
-                else:
-                    found_rel = _position_failure(found, groups[ref], relation, thresholds.position_threshold)
-                    if found_rel is not None:
-                        matched = False
-                        fail(label, f"expected {cls} {relation} include[{ref}], found {found_rel}")
-                        terms.append(0.0)
-                    terms.append(1.0)  # Flow-GRPO appends it after the loop, failed or not
+                if groups[clause["position"][1]] is not None:  # a target exists: Flow-GRPO appends 1.0
+                    terms.append(1.0)  # after its pair loop, failed or not
         groups.append(found if matched else None)
     correct = not failed
     if mode == "strict":

@@ -405,6 +405,8 @@ def test_ratio_self_test_passes_and_raises_with_causes():
     with pytest.raises(OnPolicyError, match="inf"):
         ratio_self_test(nan, logp, mask)
     ratio_self_test(drifted, logp, mask, tol=1e-2)  # a looser tolerance accepts it
+    with pytest.raises(OnPolicyError, match=r"^step 3, rank 1: on-policy ratio self-test failed"):
+        ratio_self_test(drifted, logp, mask, context="step 3, rank 1")  # a trainer says where it failed
 
 
 def test_reward_diagnostics_by_hand():

@@ -22,7 +22,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 from ._common import seeded
 from .tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
-__all__ = ["FLUX_SCHEDULER_CONFIG", "build_flux_components", "write_flux", "write_flux_kontext"]
+__all__ = [
+    "FLUX_SCHEDULER_CONFIG",
+    "TINY_FLUX_TRANSFORMER",
+    "build_flux_components",
+    "write_flux",
+    "write_flux_kontext",
+]
 
 # FLUX.1-dev scheduler/scheduler_config.json (resolution-dependent timestep shift).
 FLUX_SCHEDULER_CONFIG: dict[str, object] = {
@@ -39,6 +45,20 @@ _CLIP_HIDDEN = 16  # also the transformer's pooled_projection_dim (FluxPipeline 
 _T5_D_MODEL = 32  # also the transformer's joint_attention_dim
 _T5_MAX_LENGTH = 512  # FLUX.1-dev's tokenizer_2 value; FluxPipeline pads to max_sequence_length (default 512)
 
+# The tiny transformer's config (also the GPU step benchmark's small smoke-test size).
+TINY_FLUX_TRANSFORMER: dict[str, object] = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": _T5_D_MODEL,
+    "pooled_projection_dim": _CLIP_HIDDEN,
+    "guidance_embeds": True,
+    "axes_dims_rope": (4, 6, 6),  # must sum to attention_head_dim
+}
+
 
 def build_flux_components(seed: int, name: str) -> dict[str, object]:
     """All FluxPipeline components, each module built under its own derived seed."""
@@ -46,18 +66,7 @@ def build_flux_components(seed: int, name: str) -> dict[str, object]:
     t5_tokenizer = build_t5_tokenizer(model_max_length=_T5_MAX_LENGTH)
 
     with seeded(seed, name, "transformer"):
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=64,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=_T5_D_MODEL,
-            pooled_projection_dim=_CLIP_HIDDEN,
-            guidance_embeds=True,
-            axes_dims_rope=(4, 6, 6),  # must sum to attention_head_dim
-        )
+        transformer = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER)
     with seeded(seed, name, "text_encoder"):
         text_encoder = CLIPTextModel(
             CLIPTextConfig(

@@ -32,18 +32,6 @@ FLUX_DEV = dict(  # black-forest-labs/FLUX.1-dev transformer/config.json
     guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
-TINY = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=1,
-    num_single_layers=1,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=32,
-    pooled_projection_dim=16,
-    guidance_embeds=True,
-    axes_dims_rope=(4, 6, 6),
-)
 PEAK_BF16_DENSE = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 NUM_STEPS, IMAGES, MICRO, TEXT_TOKENS, SIDE = 10, 8, 4, 512, 512
 
@@ -64,8 +52,10 @@ def test_bench_flux_size_step_and_mfu(benchmark) -> None:
     from diffusers import FluxTransformer2DModel
     from peft import LoraConfig
 
+    from evalsuite.tiny.flux import TINY_FLUX_TRANSFORMER
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = TINY if tiny else FLUX_DEV
+    cfg = TINY_FLUX_TRANSFORMER if tiny else FLUX_DEV
     side, text = (64, 16) if tiny else (SIDE, TEXT_TOKENS)
     torch.manual_seed(0)
     default = torch.get_default_dtype()
