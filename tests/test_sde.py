@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -226,3 +227,31 @@ def test_predicted_x0_inverts_the_interpolation():
     x = (1 - sigma) * x0 + sigma * eps
     torch.testing.assert_close(predicted_x0(eps - x0, x, sigma), x0, rtol=1e-5, atol=1e-5)
     assert torch.isnan(gaussian_log_prob(x, x, torch.zeros(2, 1, 1))).all()
+
+
+def test_a_tiny_cps_flow_run_keeps_ratio_one_and_records_flow_grpos_log_prob(tiny_dir, tmp_path):
+    from evalsuite.harness import flow_train
+    from evalsuite.harness.flow_policy import FlowPolicy
+    from tests.test_flow_train import make_config
+
+    torch.set_num_threads(1)
+    base = make_config(tmp_path / "cps", tiny_dir, steps=2, log_images_every=1000)
+    config = replace(
+        base,
+        flow=replace(base.flow, sde_type="cps", sample_batch_size=8, train_batch_size=8),
+        grpo=replace(base.grpo, beta=0.04, prompts_per_step=1),
+    )
+    metrics = flow_train.train(config).metrics  # ratio_self_test raises on the first inner step if ρ != 1
+    assert [m["flow/ratio_mean"] for m in metrics] == pytest.approx([1.0, 1.0])
+    assert all(m["selftest/max_abs_logp_diff"] <= config.grpo.ratio_tol for m in metrics)
+    assert metrics[0]["flow/kl"] == 0.0 and metrics[1]["flow/kl"] > 0.0  # the LoRA moved after step 1
+    # what the sampler recorded is −(x' − mean)² averaged, the mean being the one the trainer recomputes
+    policy = FlowPolicy.from_pretrained(config.flow, seed=0)
+    cond, h, w = policy.encode(["a cat", "a dog"])
+    traj = policy.sample(cond, [1, 2], height=h, width=w, decode=False)
+    rows = torch.arange(2).repeat_interleave(len(traj.sde_steps))
+    cols = torch.tensor(traj.sde_steps).repeat(2)
+    with torch.no_grad():
+        mean = policy.step_log_prob(policy.transformer, traj, rows, cols).mean.double()
+    expected = _flow_grpo_cps_log_prob(traj.latents[rows, cols + 1], mean)
+    torch.testing.assert_close(traj.log_probs[rows, cols].double(), expected, rtol=1e-5, atol=1e-7)
