@@ -1,8 +1,8 @@
-"""One denoising step of a rectified-flow sampler as a Gaussian with a log-density (Flow-GRPO).
+"""One denoising step of a rectified-flow sampler as a Gaussian with a log-prob (Flow-GRPO).
 
 A flow model predicts the velocity v at noise level σ; the deterministic Euler step is x' = x + (σ' − σ)·v.
 Flow-GRPO turns it into a stochastic step with the same marginals, so every step is a Gaussian policy
-N(mean, std²) over x' whose log-density the GRPO ratio needs. Everything here is fp32 math on any input dtype
+N(mean, std²) over x' whose log-prob the GRPO ratio needs. Everything here is fp32 math on any input dtype
 (bf16 squares of σ-ratios overflow), and nothing here knows about models: a small function, like a diffusers
 scheduler step.
 
@@ -14,9 +14,20 @@ scheduler step.
                         x'    = mean + std·ε
 
 At σ = 1 the "sde" std divides by zero; as in Flow-GRPO the denominator then uses ``sigma_max``, the next
-sigma of the schedule. The log-density is the full Gaussian one (constants included), averaged over all
-non-batch dimensions as Flow-GRPO does; Flow-GRPO's "cps" code drops the constants, which cancel in the
-ratio but not in absolute values.
+sigma of the schedule. Log-probs are averaged over all non-batch dimensions, as Flow-GRPO does:
+
+    "sde"           the Gaussian log-density log N(x'; mean, std²) (Flow-GRPO's, constants included).
+    "cps"           Flow-GRPO's cps expression −(x' − mean)², with no 1/(2·std²) and no constants. It is not
+                    a log-density, and the missing 1/(2·std²) does NOT cancel in the ratio of two policies
+                    (log ρ = [(x' − μ_old)² − (x' − μ_new)²] averaged, instead of that over 2·std²), so this
+                    is what reproduces Flow-GRPO's clipping and step size.
+    "cps_gaussian"  the same cps step with the exact Gaussian log-density: the true likelihood ratio of the
+                    cps transition (log ρ is the "cps" one divided by 2·std²). Kept for studies of the step;
+                    use "cps" to train like Flow-GRPO.
+
+The KL term Flow-GRPO adds (for every type) is ||μθ − μref||² / (2·std_dev_t²) averaged over elements; for
+cps its std_dev_t is this module's ``std`` (σ'·sin(a·π/2)), so ``grpo.kl_gaussian(mean, ref_mean, std)`` is
+Flow-GRPO's cps KL exactly. (For "sde" its std_dev_t is std_t, without the sqrt(−dt) of the step std.)
 """
 
 from __future__ import annotations
@@ -27,8 +38,8 @@ from typing import Literal
 
 import torch
 
-SDEType = Literal["sde", "cps"]
-SDE_TYPES: tuple[str, ...] = ("sde", "cps")
+SDEType = Literal["sde", "cps", "cps_gaussian"]
+SDE_TYPES: tuple[str, ...] = ("sde", "cps", "cps_gaussian")
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -62,7 +73,7 @@ def step_std(
 ) -> torch.Tensor:
     """The standard deviation of x' given x, (B, 1, …): what the closed-form KL divides by."""
     s, s_next = _per_sample(sigma, like), _per_sample(sigma_next, like)
-    if sde_type == "cps":
+    if sde_type != "sde":
         return s_next * math.sin(noise_level * math.pi / 2)
     denom_sigma = torch.where(s >= 1.0, torch.full_like(s, _sigma_max(sigma_max, s_next)), s)
     std_t = torch.sqrt(s / (1.0 - denom_sigma)) * noise_level
@@ -122,7 +133,10 @@ def sde_step_with_logprob(
         prev = mean + std * noise.float()
     else:
         prev = prev_sample.float()
-    log_prob = gaussian_log_prob(prev.detach(), mean, std)
+    if sde_type == "cps":
+        log_prob = cps_log_prob(prev.detach(), mean, std)
+    else:
+        log_prob = gaussian_log_prob(prev.detach(), mean, std)
     return SDEStep(prev, log_prob, mean, std)
 
 
@@ -134,6 +148,18 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     per_element = -((x - mean) ** 2) / (2 * safe * safe) - torch.log(safe) - _LOG_SQRT_2PI
     per_element = torch.where(positive, per_element, torch.full_like(per_element, math.nan))
     return per_element.reshape(per_element.shape[0], -1).mean(dim=1)
+
+
+def cps_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Flow-GRPO's cps "log-prob" −(x − mean)² averaged over non-batch dims → (B,), fp32.
+
+    NaN for rows with std == 0, like the Gaussian: a deterministic step is no policy (our sampler makes the
+    last cps step, σ' = 0, an Euler step; Flow-GRPO's code would return −(x − mean)² there).
+    """
+    per_element = -((x.float() - mean.float()) ** 2)
+    per_row = per_element.reshape(per_element.shape[0], -1).mean(dim=1)
+    deterministic = (std.expand_as(mean) <= 0).reshape(mean.shape[0], -1).any(dim=1)
+    return torch.where(deterministic, torch.full_like(per_row, math.nan), per_row)
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:

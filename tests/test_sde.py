@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def test_sigma_one_uses_the_next_sigma_in_the_denominator():
     assert not torch.allclose(other.std, out.std)
 
 
-@pytest.mark.parametrize("sde_type", ["sde", "cps"])
+@pytest.mark.parametrize("sde_type", ["sde", "cps_gaussian"])
 def test_log_prob_is_the_gaussian_density_averaged_over_elements(sde_type):
     v, x = _inputs()
     out = sde_step_with_logprob(
@@ -64,12 +65,19 @@ def test_log_prob_is_the_gaussian_density_averaged_over_elements(sde_type):
         normal = torch.distributions.Normal(out.mean[i].double(), out.std[i].double())
         expected = normal.log_prob(out.prev_sample[i].double()).mean()
         assert abs(float(out.log_prob[i]) - float(expected)) < 1e-5
-    # recomputing the log-prob of a given x' gives the recorded value (ratio 1) ...
+
+
+@pytest.mark.parametrize("sde_type", ["sde", "cps", "cps_gaussian"])
+def test_recomputing_a_drawn_step_gives_the_recorded_log_prob(sde_type):
+    v, x = _inputs()
+    out = sde_step_with_logprob(
+        v, x, 0.5, 0.3, noise_level=0.9, sde_type=sde_type, generator=torch.Generator()
+    )
     again = sde_step_with_logprob(
         v, x, 0.5, 0.3, noise_level=0.9, sde_type=sde_type, prev_sample=out.prev_sample
     )
-    torch.testing.assert_close(again.log_prob, out.log_prob, rtol=0, atol=0)
-    # ... and a different velocity moves the mean and lowers the density of the drawn x'
+    torch.testing.assert_close(again.log_prob, out.log_prob, rtol=0, atol=0)  # ratio exactly 1
+    # a different velocity moves the mean and lowers the log-prob of the drawn x'
     moved = sde_step_with_logprob(
         v + 0.5, x, 0.5, 0.3, noise_level=0.9, sde_type=sde_type, prev_sample=out.prev_sample
     )
@@ -84,6 +92,86 @@ def test_cps_std_and_mean():
     out = sde_step_with_logprob(v, x, s, s_next, noise_level=a, sde_type="cps", noise=torch.zeros_like(x))
     torch.testing.assert_close(out.mean, x0 * (1 - s_next) + eps_hat * math.sqrt(s_next**2 - std**2))
     torch.testing.assert_close(out.std.flatten(), torch.full((3,), std))
+
+
+def _cps_by_hand(v, x, s, s_next, a):
+    """Flow-GRPO's cps step written out in float64: (mean, std)."""
+    v, x = v.double(), x.double()
+    std = s_next * math.sin(a * math.pi / 2)
+    return (x - s * v) * (1 - s_next) + (x + (1 - s) * v) * math.sqrt(s_next**2 - std**2), std
+
+
+def _flow_grpo_cps_log_prob(x_next, mean):
+    """Flow-GRPO: log_prob = -((prev_sample - prev_sample_mean) ** 2), then the mean over non-batch dims."""
+    return -((x_next.double() - mean) ** 2).mean(dim=tuple(range(1, mean.dim())))
+
+
+def test_cps_log_prob_is_flow_grpos_negative_squared_error():
+    v, x = _inputs()
+    s, s_next, a = 0.7, 0.5, 0.8
+    mean, std = _cps_by_hand(v, x, s, s_next, a)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    drawn = sde_step_with_logprob(v, x, s, s_next, noise_level=a, sde_type="cps", noise=eps)
+    assert drawn.log_prob.dtype == torch.float32
+    torch.testing.assert_close(drawn.log_prob.double(), _flow_grpo_cps_log_prob(mean + std * eps, mean))
+    # any given x' (the train-time recompute), not only the one drawn
+    other = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))
+    given = sde_step_with_logprob(v, x, s, s_next, noise_level=a, sde_type="cps", prev_sample=other)
+    torch.testing.assert_close(given.log_prob.double(), _flow_grpo_cps_log_prob(other, mean))
+
+
+def test_cps_log_ratio_of_two_policies_is_flow_grpos_not_the_gaussians():
+    v_old, x = _inputs()
+    v_new = v_old + 2.0 * torch.randn(v_old.shape, generator=torch.Generator().manual_seed(7))
+    s, s_next, a = 0.4, 0.2, 0.7
+    old = sde_step_with_logprob(
+        v_old, x, s, s_next, noise_level=a, sde_type="cps", generator=torch.Generator().manual_seed(8)
+    )
+    x_next = old.prev_sample
+
+    def log_ratio(sde_type):
+        def log_prob(v):
+            return sde_step_with_logprob(
+                v, x, s, s_next, noise_level=a, sde_type=sde_type, prev_sample=x_next
+            ).log_prob.double()
+
+        return log_prob(v_new) - log_prob(v_old)
+
+    mean_old, std = _cps_by_hand(v_old, x, s, s_next, a)
+    mean_new, _ = _cps_by_hand(v_new, x, s, s_next, a)
+    flow_grpo = _flow_grpo_cps_log_prob(x_next, mean_new) - _flow_grpo_cps_log_prob(x_next, mean_old)
+    gaussian = flow_grpo / (2 * std**2)  # log N(x'; μ_new, std²) − log N(x'; μ_old, std²): constants cancel
+    torch.testing.assert_close(log_ratio("cps"), flow_grpo, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(log_ratio("cps_gaussian"), gaussian, rtol=1e-5, atol=1e-6)
+    assert (flow_grpo - gaussian).abs().min() > 1.0  # nats: the 1/(2·std²) does not cancel in the ratio
+
+
+def test_cps_kl_is_flow_grpos_mean_difference_over_twice_its_std_squared():
+    v, x = _inputs()
+    s, s_next, a = 0.6, 0.3, 0.7
+    zero = torch.zeros_like(x)
+    policy = sde_step_with_logprob(v, x, s, s_next, noise_level=a, sde_type="cps", noise=zero)
+    ref = sde_step_with_logprob(v * 0.8, x, s, s_next, noise_level=a, sde_type="cps", noise=zero)
+    mean, std_dev_t = _cps_by_hand(v, x, s, s_next, a)
+    mean_ref, _ = _cps_by_hand(v * 0.8, x, s, s_next, a)
+    # Flow-GRPO: ((prev_sample_mean - prev_sample_mean_ref) ** 2).mean(dims) / (2 * std_dev_t ** 2), with the
+    # std_dev_t its cps step returns (σ'·sin(a·π/2)); the trainer passes the step's std, which is that one
+    hand = ((mean - mean_ref) ** 2).mean(dim=(1, 2)) / (2 * std_dev_t**2)
+    torch.testing.assert_close(kl_gaussian(policy.mean, ref.mean, policy.std).double(), hand)
+
+
+@pytest.mark.parametrize("sde_type", ["cps", "cps_gaussian"])
+def test_cps_math_is_fp32_for_bf16_inputs(sde_type):
+    v, x = _inputs(torch.bfloat16)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    low = sde_step_with_logprob(v, x, 0.9, 0.7, noise_level=0.7, sde_type=sde_type, noise=eps)
+    ref = sde_step_with_logprob(v.float(), x.float(), 0.9, 0.7, noise_level=0.7, sde_type=sde_type, noise=eps)
+    assert low.prev_sample.dtype == low.mean.dtype == low.log_prob.dtype == torch.float32
+    torch.testing.assert_close(low.log_prob, ref.log_prob, rtol=0, atol=0)
+    again = sde_step_with_logprob(
+        v, x, 0.9, 0.7, noise_level=0.7, sde_type=sde_type, prev_sample=low.prev_sample.bfloat16()
+    )
+    assert again.log_prob.dtype == torch.float32
 
 
 def test_math_is_fp32_for_bf16_inputs_and_matches_fp32():
@@ -139,3 +227,31 @@ def test_predicted_x0_inverts_the_interpolation():
     x = (1 - sigma) * x0 + sigma * eps
     torch.testing.assert_close(predicted_x0(eps - x0, x, sigma), x0, rtol=1e-5, atol=1e-5)
     assert torch.isnan(gaussian_log_prob(x, x, torch.zeros(2, 1, 1))).all()
+
+
+def test_a_tiny_cps_flow_run_keeps_ratio_one_and_records_flow_grpos_log_prob(tiny_dir, tmp_path):
+    from evalsuite.harness import flow_train
+    from evalsuite.harness.flow_policy import FlowPolicy
+    from tests.test_flow_train import make_config
+
+    torch.set_num_threads(1)
+    base = make_config(tmp_path / "cps", tiny_dir, steps=2, log_images_every=1000)
+    config = replace(
+        base,
+        flow=replace(base.flow, sde_type="cps", sample_batch_size=8, train_batch_size=8),
+        grpo=replace(base.grpo, beta=0.04, prompts_per_step=1),
+    )
+    metrics = flow_train.train(config).metrics  # ratio_self_test raises on the first inner step if ρ != 1
+    assert [m["flow/ratio_mean"] for m in metrics] == pytest.approx([1.0, 1.0])
+    assert all(m["selftest/max_abs_logp_diff"] <= config.grpo.ratio_tol for m in metrics)
+    assert metrics[0]["flow/kl"] == 0.0 and metrics[1]["flow/kl"] > 0.0  # the LoRA moved after step 1
+    # what the sampler recorded is −(x' − mean)² averaged, the mean being the one the trainer recomputes
+    policy = FlowPolicy.from_pretrained(config.flow, seed=0)
+    cond, h, w = policy.encode(["a cat", "a dog"])
+    traj = policy.sample(cond, [1, 2], height=h, width=w, decode=False)
+    rows = torch.arange(2).repeat_interleave(len(traj.sde_steps))
+    cols = torch.tensor(traj.sde_steps).repeat(2)
+    with torch.no_grad():
+        mean = policy.step_log_prob(policy.transformer, traj, rows, cols).mean.double()
+    expected = _flow_grpo_cps_log_prob(traj.latents[rows, cols + 1], mean)
+    torch.testing.assert_close(traj.log_probs[rows, cols].double(), expected, rtol=1e-5, atol=1e-7)
