@@ -69,7 +69,7 @@ def flow_update(
                     if g.beta != 0.0:
                         with torch.no_grad(), flow.adapter_disabled():
                             ref = flow.step_log_prob(flow.transformer, traj, rows, steps)
-                        kl = grpo.kl_gaussian(out.mean, ref.mean, out.std).mean()
+                        kl = grpo.kl_gaussian(out.mean, ref.mean, out.kl_std).mean()  # Flow-GRPO's scale
                     loss = policy_loss + g.beta * kl
                     accelerator.backward(loss * weight)
                 ratio = torch.exp(out.log_prob.detach() - old)

@@ -25,9 +25,11 @@ sigma of the schedule. Log-probs are averaged over all non-batch dimensions, as 
                     cps transition (log ρ is the "cps" one divided by 2·std²). Kept for studies of the step;
                     use "cps" to train like Flow-GRPO.
 
-The KL term Flow-GRPO adds (for every type) is ||μθ − μref||² / (2·std_dev_t²) averaged over elements; for
-cps its std_dev_t is this module's ``std`` (σ'·sin(a·π/2)), so ``grpo.kl_gaussian(mean, ref_mean, std)`` is
-Flow-GRPO's cps KL exactly. (For "sde" its std_dev_t is std_t, without the sqrt(−dt) of the step std.)
+The KL term Flow-GRPO adds (for every type) is ||μθ − μref||² / (2·std_dev_t²) averaged over elements, with
+the std_dev_t its step returns: std_t = a·sqrt(σ / (1 − σ)) for "sde" (WITHOUT the sqrt(−dt) of the step's
+std, so it is not the KL of the two step distributions: that would be 1/(−dt) times larger) and σ'·sin(a·π/2)
+for cps. Each step carries that scale as ``kl_std``; ``grpo.kl_gaussian(mean, ref_mean, kl_std)`` is
+Flow-GRPO's KL exactly, so the recipes' β mean what they mean in Flow-GRPO's configs.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 @dataclass
 class SDEStep:
     """One step's result. ``std`` is the standard deviation of x' given x, shape (B, 1, …) broadcastable
-    to ``mean``; ``log_prob`` is (B,), NaN where std == 0 (a deterministic step has no density)."""
+    to ``mean``; ``log_prob`` is (B,), NaN where std == 0 (a deterministic step has no density);
+    ``kl_std`` is the scale Flow-GRPO divides its KL by (its ``std_dev_t``; see the module docstring)."""
 
     prev_sample: torch.Tensor
     log_prob: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+    kl_std: torch.Tensor
 
 
 def _per_sample(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -137,7 +141,8 @@ def sde_step_with_logprob(
         log_prob = cps_log_prob(prev.detach(), mean, std)
     else:
         log_prob = gaussian_log_prob(prev.detach(), mean, std)
-    return SDEStep(prev, log_prob, mean, std)
+    kl_std = std / torch.sqrt(-dt) if sde_type == "sde" else std  # Flow-GRPO's std_dev_t
+    return SDEStep(prev, log_prob, mean, std, kl_std)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

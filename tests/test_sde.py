@@ -155,9 +155,24 @@ def test_cps_kl_is_flow_grpos_mean_difference_over_twice_its_std_squared():
     mean, std_dev_t = _cps_by_hand(v, x, s, s_next, a)
     mean_ref, _ = _cps_by_hand(v * 0.8, x, s, s_next, a)
     # Flow-GRPO: ((prev_sample_mean - prev_sample_mean_ref) ** 2).mean(dims) / (2 * std_dev_t ** 2), with the
-    # std_dev_t its cps step returns (σ'·sin(a·π/2)); the trainer passes the step's std, which is that one
+    # std_dev_t its cps step returns (σ'·sin(a·π/2)), which is the step's kl_std (and its std)
     hand = ((mean - mean_ref) ** 2).mean(dim=(1, 2)) / (2 * std_dev_t**2)
-    torch.testing.assert_close(kl_gaussian(policy.mean, ref.mean, policy.std).double(), hand)
+    torch.testing.assert_close(kl_gaussian(policy.mean, ref.mean, policy.kl_std).double(), hand)
+
+
+def test_sde_kl_divides_by_flow_grpos_std_dev_t_not_the_step_std():
+    """Flow-GRPO's KL for "sde" divides by std_dev_t = a·sqrt(σ/(1−σ)), not by the step's std_dev_t·sqrt(−dt):
+    the trainer uses that scale so a recipe's β means what it means in Flow-GRPO's configs."""
+    v, x = _inputs()
+    s, s_next, a = 0.6, 0.45, 0.7
+    zero = torch.zeros_like(x)
+    policy = sde_step_with_logprob(v, x, s, s_next, noise_level=a, sde_type="sde", noise=zero)
+    ref = sde_step_with_logprob(v * 0.8, x, s, s_next, noise_level=a, sde_type="sde", noise=zero)
+    std_dev_t = a * (s / (1 - s)) ** 0.5
+    hand = ((policy.mean.double() - ref.mean.double()) ** 2).mean(dim=(1, 2)) / (2 * std_dev_t**2)
+    torch.testing.assert_close(kl_gaussian(policy.mean, ref.mean, policy.kl_std).double(), hand)
+    step_kl = kl_gaussian(policy.mean, ref.mean, policy.std).double()  # the exact KL of the two steps
+    torch.testing.assert_close(step_kl, hand / (s - s_next))
 
 
 @pytest.mark.parametrize("sde_type", ["cps", "cps_gaussian"])
