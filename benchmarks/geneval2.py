@@ -105,11 +105,13 @@ class GenEval2(Benchmark):
             "name": self.name,
             "images_per_prompt": self.images_per_prompt,
             "data": str(self.data_file) if self.data_file else f"official {DATA_KEY} ({LICENSE})",
-            "method": "Soft-TIFA: GM over questions per prompt (headline), AM (atom level); x100 mean over prompts",
+            "method": "Soft-TIFA: per prompt GM (headline) / AM (atom level) over its questions; "
+                      "x100 mean over prompts",
             **describe_vqa(self.vqa),
             "official_vqa": "Qwen/Qwen3-VL-8B-Instruct",
             "protocol": PROTOCOL,
-            "note": "VQA backends are not interchangeable: compare GenEval 2 numbers only at equal vqa/vqa_model",
+            "note": "VQA backends are not interchangeable: compare GenEval 2 numbers only at equal "
+                    "vqa/vqa_model",
         }
 
     def prompts(self, data_dir: str | None = None) -> list[PromptRecord]:
@@ -219,8 +221,8 @@ class GenEval2(Benchmark):
             "geneval2_am": float(table.loc["GenEval2 (Soft-TIFA AM)", "score"]),
             "vqa": desc["vqa"],
             "vqa_model": desc["vqa_model"],
-            "n_prompts": int(len(self._ok(per_sample))),
-            "n_failed": int(len(per_sample) - len(self._ok(per_sample))),
+            "n_prompts": len(self._ok(per_sample)),
+            "n_failed": len(per_sample) - len(self._ok(per_sample)),
         }
         head.update({k: float(v) for k, v in table[table["level"] == "skill"]["score"].items()})
         return head

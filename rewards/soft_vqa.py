@@ -53,7 +53,9 @@ def check_spellings(questions: Sequence[str], spellings: Sequence[Sequence[str]]
         raise ValueError(f"soft VQA: {len(questions)} questions but {len(spellings)} spelling lists")
     for forms in spellings:
         if isinstance(forms, str) or not forms:
-            raise ValueError(f"soft VQA: each question needs a non-empty list of answer spellings, got {forms!r}")
+            raise ValueError(
+                f"soft VQA: each question needs a non-empty list of answer spellings, got {forms!r}"
+            )
 
 
 class QwenSoftVQA(QwenFirstToken):
@@ -74,10 +76,10 @@ class QwenSoftVQA(QwenFirstToken):
     ) -> None:
         super().__init__(model, prompt=prompt, **options)
         self.distinct_first_tokens = bool(distinct_first_tokens)
+        which = "each distinct token once" if self.distinct_first_tokens else "every spelling, as upstream"
         self.method = (
             "softmax over the vocabulary at the first answer position, summed over the first tokens of the "
-            f"answer's spellings ({'distinct tokens' if self.distinct_first_tokens else 'every spelling, as upstream'})"
-            "; one forward, no generation"
+            f"answer's spellings ({which}); one forward, no generation"
         )
 
     def describe(self) -> dict[str, Any]:
@@ -132,10 +134,12 @@ BUILTIN_SOFT_VQA: dict[str, type] = {"qwen3-vl": QwenSoftVQA, "qwen2.5-vl": Qwen
 
 
 def get_soft_vqa(spec: Any = None, **options: Any) -> Any:
-    """A soft VQA backend: ``"qwen3-vl"`` (default), ``"qwen2.5-vl"``, ``"module:attr"``, an object or a callable."""
+    """A soft VQA backend: ``"qwen3-vl"`` (default), ``"qwen2.5-vl"``, ``"module:attr"``, an object or a
+    callable."""
     backend = resolve_backend(spec, options, BUILTIN_SOFT_VQA, "qwen3-vl", "probabilities", CallableSoftVQA,
                               "soft VQA backend")
     if not hasattr(backend, "probabilities"):
-        raise ConfigError(f"soft VQA backend {type(backend).__name__} has no probabilities(images, questions, "
-                          "spellings)")
+        raise ConfigError(
+            f"soft VQA backend {type(backend).__name__} has no probabilities(images, questions, spellings)"
+        )
     return backend

@@ -9,6 +9,10 @@ as yes by its own rule (DPG-Bench official: exactly ``"yes"``). ``describe()`` (
 the answers; every benchmark result records it, because answers from different VQA models are not
 interchangeable (DPG-Bench's published numbers come from mPLUG-large; ours from whatever is named here).
 
+The Qwen-VL plumbing below (``QwenFirstToken``: prompt, prefix cache, batching, reading the logits at the
+first answer position) is shared with the soft answerers of ``rewards.soft_vqa`` (GenEval 2), which read a
+probability there instead of a yes/no decision.
+
 Built in: ``QwenYesNoVQA`` (default ``Qwen/Qwen2.5-VL-7B-Instruct``). Method: one forward pass per
 question, no generation. The image and ``"{question} Please answer yes or no."`` are the user turn of the
 model's own chat template (default system turn), and the answer is read at the first assistant position:
@@ -212,7 +216,7 @@ class QwenFirstToken:
         reduce: Callable[[torch.Tensor, list[int]], torch.Tensor],
         width: int,
     ) -> torch.Tensor:
-        """``[N, width]`` float32: ``reduce(logits, rows)`` of the first-answer-position logits, batch by batch.
+        """``[N, width]`` float32: ``reduce(logits, rows)`` of the first-answer-position logits, by batch.
 
         ``logits`` is ``[B, vocab]`` float32 on the CPU for the pairs ``rows`` (indices into the inputs); the
         full-vocabulary rows are never all held at once.
@@ -286,7 +290,8 @@ class QwenYesNoVQA(QwenFirstToken):
 
         def yes_no(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
             del rows
-            return torch.stack([logits[:, self.yes_ids].max(-1).values, logits[:, self.no_ids].max(-1).values], 1)
+            yes = logits[:, self.yes_ids].max(-1).values
+            return torch.stack([yes, logits[:, self.no_ids].max(-1).values], 1)
 
         return self.first_token_rows(images, questions, yes_no, 2)
 

@@ -1,5 +1,6 @@
-"""Soft VQA (GenEval 2's Soft-TIFA forward): parity with the official generate-and-softmax code on tiny Qwen3-VL
-weights, first-token rules (every spelling vs distinct tokens), batching, the Qwen2.5-VL backend, plugins."""
+"""Soft VQA (GenEval 2's Soft-TIFA forward): parity with the official generate-and-softmax code on tiny
+Qwen3-VL weights, first-token rules (every spelling vs distinct tokens), batching, the Qwen2.5-VL backend,
+plugins."""
 
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ def sharp_qwen3(tiny_dir, tmp_path_factory) -> Path:
 
 
 def official_probabilities(model_dir: Path, images, questions, spellings, tmp_path: Path) -> list[float]:
-    """Upstream evaluation.py's path, written out here: image file, chat template tokenized by the processor,
-    ``generate(max_new_tokens=1, do_sample=False, output_scores=True)``, softmax of ``scores[0]`` by hand, summed
-    over ``tokenizer.encode(form)[0]`` of every spelling (no de-duplication)."""
+    """Upstream evaluation.py's path, written out here: image file, chat template tokenized by the
+    processor, ``generate(max_new_tokens=1, do_sample=False, output_scores=True)``, softmax of ``scores[0]``
+    by hand, summed over ``tokenizer.encode(form)[0]`` of every spelling (no de-duplication)."""
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -62,8 +63,9 @@ def official_probabilities(model_dir: Path, images, questions, spellings, tmp_pa
         image.save(path)
         # Upstream passes the path; transformers decodes paths with torchvision's image ops, missing from a
         # CPU-only torchvision, so the file is decoded here (PIL, RGB: what load_image returns for a PNG).
-        messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(path).convert("RGB")},
-                                                 {"type": "text", "text": f"{question} Answer in one word."}]}]
+        content = [{"type": "image", "image": Image.open(path).convert("RGB")},
+                   {"type": "text", "text": f"{question} Answer in one word."}]
+        messages = [{"role": "user", "content": content}]
         inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                                return_dict=True, return_tensors="pt")
         with torch.no_grad():
@@ -156,7 +158,8 @@ def test_registry_builtins_plugins_and_errors(tiny_dir):
     assert isinstance(default, QwenSoftVQA) and not default._loaded  # nothing loads before use
     desc = describe_vqa(default)
     assert desc["vqa"] == "qwen3-vl" and desc["vqa_resize"] == "the processor's own"
-    assert desc["vqa_prompt"] == "{question} Answer in one word." and desc["vqa_distinct_first_tokens"] is False
+    assert desc["vqa_prompt"] == "{question} Answer in one word."
+    assert desc["vqa_distinct_first_tokens"] is False
     assert QwenSoftVQA.default_model == "Qwen/Qwen3-VL-8B-Instruct"
     assert isinstance(get_scorer("soft_vqa", "qwen2.5-vl"), Qwen25SoftVQA)
 

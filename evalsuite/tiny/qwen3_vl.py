@@ -1,10 +1,10 @@
 """Tiny Qwen3-VL-8B-Instruct: ``Qwen3VLForConditionalGeneration`` + ``Qwen3VLProcessor``.
 
-What differs from Qwen2.5-VL, and is kept here because the GenEval 2 scorer depends on it: 16 px patches with a
-2x2 merge (32 px per image token), the processor's own pixel budget (``shortest_edge`` 65536 = 256 x 256 up to
-``longest_edge`` 16777216), learned vision position embeddings, DeepStack (features of chosen vision layers
-added to the first decoder layers at the image positions), interleaved M-RoPE, and a chat template with *no*
-default system turn.
+What differs from Qwen2.5-VL, and is kept here because the GenEval 2 scorer depends on it: 16 px patches
+with a 2x2 merge (32 px per image token), the processor's own pixel budget (``shortest_edge`` 65536 =
+256 x 256 up to ``longest_edge`` 16777216), learned vision position embeddings, DeepStack (features of chosen
+vision layers added to the first decoder layers at the image positions), interleaved M-RoPE, and a chat
+template with *no* default system turn.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def write_qwen3_vl(folder: Path, seed: int) -> None:
     from transformers import Qwen3VLVideoProcessor
 
     image_processor = Qwen2VLImageProcessorPil(
-        size=_SIZE, patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=_MEAN_STD, image_std=_MEAN_STD
+        size=_SIZE, patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=_MEAN_STD,
+        image_std=_MEAN_STD,
     )
     processor = Qwen3VLProcessor(
         image_processor=image_processor,
