@@ -127,6 +127,9 @@ def test_batch_invariance(sharp_qwen3):
     ims, qs, fs = (list(x) for x in zip(*[pairs[i] for i in order]))
     vqa = QwenSoftVQA(sharp_qwen3, batch_size=5)
     many = vqa.probabilities(ims, qs, fs)
+    # Qwen3-VL's template: no system turn; the cached prefix ends with the image
+    assert vqa.split_prompt("Q?") == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>",
+                                      "Q? Answer in one word.<|im_end|>\n<|im_start|>assistant\n")
     vqa.batch_size = 1
     np.testing.assert_allclose(vqa.probabilities(ims, qs, fs), many, rtol=1e-4)
     assert vqa.probabilities([], [], []) == []

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from ._common import seeded
-from .tokenizers import QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
+from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
 
 __all__ = ["QWEN3_VL_CHAT_TEMPLATE", "write_qwen3_vl"]
 
@@ -31,24 +31,15 @@ _MROPE_SECTION = [2, 3, 3]
 _SIZE = {"shortest_edge": 65536, "longest_edge": 16777216}
 _MEAN_STD = [0.5, 0.5, 0.5]
 
-# The user/assistant/system part of Qwen3-VL-Instruct's chat template (tool calls left out): unlike Qwen2.5-VL
-# there is no default system turn, and the generation prompt is just "<|im_start|>assistant\n".
-QWEN3_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+# Qwen3-VL-Instruct's chat template for user/assistant/system turns with images (tool calls left out) is
+# Qwen2.5-VL's without the default system turn; the generation prompt is the same "<|im_start|>assistant\n".
+_QWEN2_5_VL_DEFAULT_SYSTEM = (
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
 )
+if _QWEN2_5_VL_DEFAULT_SYSTEM not in QWEN2_5_VL_CHAT_TEMPLATE:  # pragma: no cover - a changed base template
+    raise RuntimeError("the Qwen2.5-VL chat template no longer holds its default system turn as expected")
+QWEN3_VL_CHAT_TEMPLATE = QWEN2_5_VL_CHAT_TEMPLATE.replace(_QWEN2_5_VL_DEFAULT_SYSTEM, "")
 
 
 def write_qwen3_vl(folder: Path, seed: int) -> None:
