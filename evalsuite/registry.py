@@ -46,6 +46,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "densealignbench": "evalsuite.benchmarks.densealign:DenseAlignBench",
         "t2i_compbench": "evalsuite.benchmarks.t2i_compbench:T2ICompBench",
         "dpg_bench": "evalsuite.benchmarks.dpg_bench:DPGBench",
+        "geneval2": "evalsuite.benchmarks.geneval2:GenEval2",
     },
     "generators": {
         "diffusers": "evalsuite.generator:DiffusersGenerator",
@@ -60,6 +61,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
     # Model forwards that are not rewards (contracts in evalsuite.scorer): factories taking a spec.
     "scorers": {
         "vqa": "evalsuite.rewards.vqa:get_vqa",
+        "soft_vqa": "evalsuite.rewards.soft_vqa:get_soft_vqa",
         "judge": "evalsuite.rewards.judges:make_judge",
     },
 }

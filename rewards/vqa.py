@@ -9,6 +9,10 @@ as yes by its own rule (DPG-Bench official: exactly ``"yes"``). ``describe()`` (
 the answers; every benchmark result records it, because answers from different VQA models are not
 interchangeable (DPG-Bench's published numbers come from mPLUG-large; ours from whatever is named here).
 
+The Qwen-VL plumbing below (``QwenFirstToken``: prompt, prefix cache, batching, reading the logits at the
+first answer position) is shared with the soft answerers of ``rewards.soft_vqa`` (GenEval 2), which read a
+probability there instead of a yes/no decision.
+
 Built in: ``QwenYesNoVQA`` (default ``Qwen/Qwen2.5-VL-7B-Instruct``). Method: one forward pass per
 question, no generation. The image and ``"{question} Please answer yes or no."`` are the user turn of the
 model's own chat template (default system turn), and the answer is read at the first assistant position:
@@ -74,12 +78,20 @@ class CallableVQA:
         return {"vqa": self.name, "vqa_model": self.model, "vqa_method": "user callable"}
 
 
-class QwenYesNoVQA:
-    """Qwen2.5-VL answering yes/no by comparing first-token logits (see the module docstring)."""
+class QwenFirstToken:
+    """A Qwen-VL chat model read at its first answer position, with the prefix cache of the module docstring.
 
-    name = "qwen2.5-vl"
+    Subclasses decide what to read there (``first_token_rows``' ``reduce``). ``model_class`` names the
+    transformers class (Qwen2.5-VL and Qwen3-VL share the plumbing); ``pixel_budget`` says whether images are
+    resized with qwen-vl-utils' budget first (Qwen2.5-VL, as its reference code) or left to the processor's
+    own resize (what the processor does with an image path, as GenEval 2's official Qwen3-VL code).
+    """
+
+    name = "qwen-vl"
     default_model = "Qwen/Qwen2.5-VL-7B-Instruct"
-    method = "first-token logits: max(Yes,yes) > max(No,no); one forward, no generation"
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    method = ""
+    pixel_budget = True
 
     def __init__(
         self,
@@ -95,10 +107,11 @@ class QwenYesNoVQA:
     ) -> None:
         from evalsuite import qwen_vl as qvl
 
+        who = type(self).__name__
         if batch_size < 1:
-            raise ConfigError(f"QwenYesNoVQA: batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"{who}: batch_size must be >= 1, got {batch_size}")
         if "{question}" not in prompt:
-            raise ConfigError(f"QwenYesNoVQA: prompt must contain '{{question}}', got {prompt!r}")
+            raise ConfigError(f"{who}: prompt must contain '{{question}}', got {prompt!r}")
         self.model_id = str(model or self.default_model)
         self.revision = revision
         self.device = torch.device(device)
@@ -118,41 +131,41 @@ class QwenYesNoVQA:
             "vqa_method": self.method,
             "vqa_prompt": self.prompt,
             "vqa_dtype": str(self.dtype).removeprefix("torch."),
-            "vqa_min_pixels": self.min_pixels,
-            "vqa_max_pixels": self.max_pixels,
+            "vqa_min_pixels": self.min_pixels if self.pixel_budget else None,
+            "vqa_max_pixels": self.max_pixels if self.pixel_budget else None,
+            "vqa_resize": "qwen-vl-utils pixel budget" if self.pixel_budget else "the processor's own",
         }
 
     # -- model -------------------------------------------------------------------------------------
-    def load(self) -> QwenYesNoVQA:
+    def load(self) -> QwenFirstToken:
         if self._loaded:
             return self
-        from transformers import Qwen2_5_VLForConditionalGeneration
+        import transformers
 
         from evalsuite import qwen_vl as qvl
 
         self._processor = qvl.load_processor(self.model_id, self.revision)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model = getattr(transformers, self.model_class).from_pretrained(
             self.model_id, revision=self.revision, dtype=self.dtype
         )
         self._model = model.to(self.device).eval()
         self._pad_id = qvl.pad_token_id(self._processor)
         self._image_token_id = model.config.image_token_id
-        self.yes_ids, self.no_ids = self._answer_token_ids()
         self._prefix = self.split_prompt("?")[0]
+        self._after_load()
         self._loaded = True
         return self
 
-    def _answer_token_ids(self) -> tuple[list[int], list[int]]:
-        """First token of each answer word; yes and no must not share one (else the rule is meaningless)."""
-        tok = self._processor.tokenizer
+    def _after_load(self) -> None:
+        """Hook: look up the answer tokens once the tokenizer is there."""
 
-        def first(words: Sequence[str]) -> list[int]:
-            return sorted({tok.encode(w, add_special_tokens=False)[0] for w in words})
+    def fit(self, image: Image.Image) -> Image.Image:
+        """The image as the processor should get it (see ``pixel_budget``)."""
+        from evalsuite import qwen_vl as qvl
 
-        yes, no = first(YES_WORDS), first(NO_WORDS)
-        if set(yes) & set(no):
-            raise ConfigError(f"QwenYesNoVQA: yes/no words share a first token ({set(yes) & set(no)})")
-        return yes, no
+        if not self.pixel_budget:
+            return image.convert("RGB")
+        return qvl.fit_image(image, self.min_pixels, self.max_pixels)
 
     def _text(self, question: str) -> str:
         content = [{"type": "image"}, {"type": "text", "text": self.prompt.format(question=question)}]
@@ -173,12 +186,10 @@ class QwenYesNoVQA:
     def _prefix_cache(self, images: Sequence[Image.Image]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
                                                                      torch.Tensor, torch.Tensor]:
         """Run system turn + image once per image: ((keys, values) per layer, prefix mask, next position)."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         from evalsuite import qwen_vl as qvl
 
         dev = self.device
-        fitted = [qvl.fit_image(im, self.min_pixels, self.max_pixels) for im in images]
+        fitted = [self.fit(im) for im in images]
         pixel_values, grid, counts = qvl.image_inputs(self._processor, fitted)
         grid = grid.to(dev)
         feats = self._model.model.get_image_features(pixel_values.to(dev, self.dtype), grid, return_dict=True)
@@ -191,22 +202,32 @@ class QwenYesNoVQA:
         out = self._model.model(
             input_ids=ids, attention_mask=mask, position_ids=position_ids, image_grid_thw=grid,
             mm_token_type_ids=mm, use_cache=True,
-            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=feats.pooler_output)},
+            mm_encoder_outputs={"image": feats},
         )
         kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         next_pos = position_ids.masked_fill(mask[None] == 0, -1).amax(dim=(0, 2)) + 1
         return kv, mask, next_pos
 
     @torch.inference_mode()
-    def yes_no_logits(self, images: Sequence[Image.Image], questions: Sequence[str]) -> torch.Tensor:
-        """``[N, 2]`` float32: (max yes-token logit, max no-token logit) at the first answer position."""
+    def first_token_rows(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        reduce: Callable[[torch.Tensor, list[int]], torch.Tensor],
+        width: int,
+    ) -> torch.Tensor:
+        """``[N, width]`` float32: ``reduce(logits, rows)`` of the first-answer-position logits, by batch.
+
+        ``logits`` is ``[B, vocab]`` float32 on the CPU for the pairs ``rows`` (indices into the inputs); the
+        full-vocabulary rows are never all held at once.
+        """
         from transformers import DynamicCache
 
         from evalsuite import qwen_vl as qvl
 
         check_pairs(images, questions)
         self.load()
-        out = torch.empty(len(questions), 2, dtype=torch.float32)
+        out = torch.empty(len(questions), width, dtype=torch.float32)
         if not questions:
             return out
         slot: dict[int, int] = {}
@@ -237,10 +258,42 @@ class QwenYesNoVQA:
                     use_cache=True,
                 ).last_hidden_state
                 last = hidden[torch.arange(len(sub), device=dev), mask.sum(1) - 1]
-                logits = self._model.lm_head(last).float().cpu()
-                out[sub, 0] = logits[:, self.yes_ids].max(-1).values
-                out[sub, 1] = logits[:, self.no_ids].max(-1).values
+                out[sub] = reduce(self._model.lm_head(last).float().cpu(), sub)
         return out
+
+
+class QwenYesNoVQA(QwenFirstToken):
+    """Qwen2.5-VL answering yes/no by comparing first-token logits (see the module docstring)."""
+
+    name = "qwen2.5-vl"
+    default_model = "Qwen/Qwen2.5-VL-7B-Instruct"
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    method = "first-token logits: max(Yes,yes) > max(No,no); one forward, no generation"
+
+    def _after_load(self) -> None:
+        self.yes_ids, self.no_ids = self._answer_token_ids()
+
+    def _answer_token_ids(self) -> tuple[list[int], list[int]]:
+        """First token of each answer word; yes and no must not share one (else the rule is meaningless)."""
+        tok = self._processor.tokenizer
+
+        def first(words: Sequence[str]) -> list[int]:
+            return sorted({tok.encode(w, add_special_tokens=False)[0] for w in words})
+
+        yes, no = first(YES_WORDS), first(NO_WORDS)
+        if set(yes) & set(no):
+            raise ConfigError(f"QwenYesNoVQA: yes/no words share a first token ({set(yes) & set(no)})")
+        return yes, no
+
+    def yes_no_logits(self, images: Sequence[Image.Image], questions: Sequence[str]) -> torch.Tensor:
+        """``[N, 2]`` float32: (max yes-token logit, max no-token logit) at the first answer position."""
+
+        def yes_no(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+            del rows
+            yes = logits[:, self.yes_ids].max(-1).values
+            return torch.stack([yes, logits[:, self.no_ids].max(-1).values], 1)
+
+        return self.first_token_rows(images, questions, yes_no, 2)
 
     def answer(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
         return [decide(float(y), float(n)) for y, n in self.yes_no_logits(images, questions).tolist()]
@@ -255,29 +308,39 @@ def get_vqa(spec: Any = None, **options: Any) -> Any:
     ``options`` (model, device, dtype, batch_size, ...) go to a class being instantiated; objects and plain
     callables are used as they are.
     """
+    return resolve_backend(spec, options, BUILTIN_VQA, "qwen2.5-vl", "answer", CallableVQA, "VQA backend")
+
+
+def resolve_backend(
+    spec: Any,
+    options: dict[str, Any],
+    builtins: dict[str, type],
+    default: str,
+    method: str,
+    wrap: Callable[..., Any],
+    what: str,
+) -> Any:
+    """A backend from a built-in name, ``"module:attr"``, a class (instantiated with ``options``), an object
+    with ``method``, or a plain callable (wrapped as ``wrap(fn, model=options.get("model"))``)."""
     if spec is None:
-        spec = "qwen2.5-vl"
+        spec = default
     if isinstance(spec, str):
-        if spec in BUILTIN_VQA:
-            return BUILTIN_VQA[spec](**options)
+        if spec in builtins:
+            return builtins[spec](**options)
         module, sep, attr = spec.partition(":")
         if not sep or not module or not attr:
-            raise ConfigError(
-                f"unknown VQA backend {spec!r}; use one of {sorted(BUILTIN_VQA)} or 'module:attr'"
-            )
+            raise ConfigError(f"unknown {what} {spec!r}; use one of {sorted(builtins)} or 'module:attr'")
         try:
             obj: Any = importlib.import_module(module)
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"VQA backend {spec!r} cannot be loaded: {type(e).__name__}: {e}") from e
+            raise ConfigError(f"{what} {spec!r} cannot be loaded: {type(e).__name__}: {e}") from e
         spec = obj
     if isinstance(spec, type):
         return spec(**options)
-    if hasattr(spec, "answer"):
+    if hasattr(spec, method):
         return spec
     if callable(spec):
-        return CallableVQA(spec, model=options.get("model"))
-    raise ConfigError(
-        f"a VQA backend needs answer(images, questions) or to be callable, got {type(spec).__name__}"
-    )
+        return wrap(spec, model=options.get("model"))
+    raise ConfigError(f"a {what} needs {method}(...) or to be callable, got {type(spec).__name__}")

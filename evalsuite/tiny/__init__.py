@@ -73,6 +73,13 @@ _SPECS = (
         writer_ref="qwen_vl:write_qwen2_5_vl",
     ),
     TinySpec(
+        name="qwen3-vl",
+        model_id="Qwen/Qwen3-VL-8B-Instruct",
+        description="Qwen3-VL (16 px patches, DeepStack, no default system turn) + processor: GenEval 2 VQA",
+        loaded_by=("transformers.Qwen3VLForConditionalGeneration", "transformers.AutoProcessor"),
+        writer_ref="qwen3_vl:write_qwen3_vl",
+    ),
+    TinySpec(
         name="qwen2-lm",
         model_id="Qwen/Qwen2.5-3B-Instruct",
         description="Qwen2 causal LM (prompt rewriter) + tokenizer with Qwen2.5 chat template",
