@@ -74,6 +74,7 @@ DATA_FILES: tuple[DataFile, ...] = (
     DataFile("dpg_bench/prompts.jsonl", None, "Apache-2.0", sha256="b6402055610e42df0050867b5b85cc966df6ccc6c5463dcc1cb076fb59013d93",
              note="assembled from ELLA dpg_bench/prompts/<id>.txt at 3c228f1d as JSONL {id, prompt}"),
     DataFile("dpg_bench/dpg_bench.csv", f"{GH}/TencentQQGYLab/ELLA/3c228f1dc6c4d3cad0a47493816151a419f14db3/dpg_bench/dpg_bench.csv", "Apache-2.0", git_blob="98457fc9901943f51ff9a30367250fc292533bed"),
+    DataFile("drawbench/test.txt", f"{GH}/NVlabs/DiffusionNFT/24af5554898d85e93efa492f42b5e9cdf4156e9b/dataset/drawbench/test.txt", "Apache-2.0 (DiffusionNFT); prompts: Google DrawBench, unlicensed", sha256="9006b98feabb94b28a2bc0c88de42fd4f31a9ec3c2a19e308a02c5385b7172f0"),
     DataFile("flowgrpo/geneval/train_metadata.jsonl", f"{GH}/yifan123/flow_grpo/ac4c86e8cae021841f1fde853d340e0db67690dd/dataset/geneval/train_metadata.jsonl", "MIT", git_blob="0b97e8a6802c08fc7537cd00c76ae79c851bddcb"),
     DataFile("flowgrpo/geneval_unseen_objects/train_metadata.jsonl", f"{GH}/yifan123/flow_grpo/ac4c86e8cae021841f1fde853d340e0db67690dd/dataset/geneval_unseen_objects/train_metadata.jsonl", "MIT", git_blob="05715c3713940177a2a20fd0575ec972a3bf2e89"),
     DataFile("flowgrpo/ocr/train.txt", f"{GH}/yifan123/flow_grpo/ac4c86e8cae021841f1fde853d340e0db67690dd/dataset/ocr/train.txt", "MIT", git_blob="3ce0521b77b0a9031191d66ecc36ebaaf27a3922"),

@@ -46,6 +46,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "densealignbench": "evalsuite.benchmarks.densealign:DenseAlignBench",
         "t2i_compbench": "evalsuite.benchmarks.t2i_compbench:T2ICompBench",
         "dpg_bench": "evalsuite.benchmarks.dpg_bench:DPGBench",
+        "drawbench": "evalsuite.benchmarks.drawbench:DrawBench",
     },
     "generators": {
         "diffusers": "evalsuite.generator:DiffusersGenerator",
