@@ -7,6 +7,8 @@ id (files we have not seen byte for byte), ``git_blob`` is verified instead: SHA
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 GH = "https://raw.githubusercontent.com"
@@ -81,3 +83,11 @@ DATA_FILES: tuple[DataFile, ...] = (
 )
 
 BY_KEY: dict[str, DataFile] = {f.key: f for f in DATA_FILES}
+
+NON_COMMERCIAL = re.compile(r"\bNC\b|non-?commercial", re.IGNORECASE)
+
+
+def terms(licenses: Iterable[str]) -> str:
+    """The distinct licenses, joined, flagged ``[non-commercial]`` where any forbids commercial use."""
+    text = "; ".join(dict.fromkeys(x for x in licenses if x))
+    return f"{text} [non-commercial]" if NON_COMMERCIAL.search(text) else text
