@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -27,6 +28,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             "kind": e.kind[:-1],
             "name": e.name,
             "source": e.source,
+            "license": _license_terms(e.kind, e.load()) if e.error is None else "",
             "target": e.target_name,
             "status": "ok" if e.error is None else f"broken: {e.error}",
         }
@@ -35,13 +37,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"entries": rows, "conflicts": registry.conflicts}, indent=2))
     else:
-        widths = {k: max([len(k)] + [len(str(r[k])) for r in rows]) for k in ("kind", "name", "source")}
-        print("  ".join(k.upper().ljust(widths[k]) for k in widths) + "  STATUS")
+        head = {"kind": "KIND", "name": "NAME", "source": "SOURCE", "license": "LICENSE/TERMS"}
+        widths = {k: max([len(h)] + [len(str(r[k])) for r in rows]) for k, h in head.items()}
+        print("  ".join(head[k].ljust(widths[k]) for k in widths) + "  STATUS")
         for r in rows:
             print("  ".join(str(r[k]).ljust(widths[k]) for k in widths) + "  " + r["status"])
         for c in registry.conflicts:
             print(f"warning: {c}", file=sys.stderr)
     return 0
+
+
+def _license_terms(kind: str, obj: Any) -> str:
+    """A registered thing's own ``license`` (a reward's weights), else a benchmark's data-file licenses."""
+    from evalsuite.data_files import BY_KEY, terms
+
+    own = getattr(obj, "license", None)
+    if isinstance(own, str) and own:
+        return terms([own])
+    keys = getattr(obj, "data_files", ()) or () if kind == "benchmarks" else ()
+    return terms(BY_KEY[k].license for k in keys if k in BY_KEY)
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
@@ -110,34 +124,42 @@ def _reward_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from evalsuite import scoring
     from evalsuite.options import check_options
     from evalsuite.registry import get_reward, registry
     from evalsuite.runner import parse_options
-    from evalsuite.scoring import mean_score, read_items, score_items
     from evalsuite.store import JsonlLog
 
-    kwargs = _reward_kwargs(args)
-    name = args.reward
-    if "," in name or ":" in name:
-        reward = get_reward("multi", weights=name, **kwargs)
+    names = scoring.reward_list(args.reward)
+    if names is None:
+        kwargs = _reward_kwargs(args)
+        name = args.reward
+        if "," in name or ":" in name:
+            reward = get_reward("multi", weights=name, **kwargs)
+        else:
+            check_options(name, registry.get("rewards", name), parse_options(args.option))
+            reward = get_reward(name, **kwargs)
+        items = scoring.read_items(args.input)
+        rows = scoring.score_items(reward, items, batch_size=args.batch_size)
+        by_reward = {reward.name: rows}
     else:
-        check_options(name, registry.get("rewards", name), parse_options(args.option))
-        reward = get_reward(name, **kwargs)
-    items = read_items(args.input)
-    rows = score_items(reward, items, batch_size=args.batch_size)
+        per_reward = scoring.split_reward_options(names, parse_options(args.option))
+        for n in names:
+            check_options(n, registry.get("rewards", n), per_reward[n])
+        common = {k: v for k, v in _reward_kwargs(args).items() if k in ("device", "dtype")}
+        factories = {n: functools.partial(get_reward, n, **{**common, **per_reward[n]}) for n in names}
+        items = scoring.read_items(args.input)
+        rows, by_reward = scoring.score_items_by_reward(factories, items, batch_size=args.batch_size)
     if args.output:
         out = Path(args.output)
         out.unlink(missing_ok=True)
         JsonlLog(out).append(rows)
-    bad = sum(1 for r in rows if r["error"])
-    na = sum(1 for r in rows if not r["applicable"] and not r["error"])
-    print(
-        f"{reward.name}: mean {mean_score(rows):.6f} over {len(rows) - bad - na} images "
-        f"({na} not applicable, {bad} errors)"
-    )
+    for name, reward_rows in by_reward.items():
+        print(scoring.summary_line(name, reward_rows))
     for r in rows:
         if r["error"]:
             print(f"  error: {r['error']}", file=sys.stderr)
+    bad = any(r["error"] for r in rows)
     return SCORE_ERRORS_EXIT if bad and not args.allow_errors else 0
 
 
@@ -346,9 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="run directory (samples.jsonl) or JSONL of {image, prompt, metadata}")
     p.add_argument(
-        "--reward", required=True, help="reward name, or NAME:WEIGHT,NAME:WEIGHT for a weighted sum"
+        "--reward", required=True,
+        help="reward name; NAME,NAME,... for a column per reward in one pass (each model loaded once); "
+        "a set (drawbench: the DiffusionNFT/Flow-GRPO paper rewards); or NAME:WEIGHT,... for a weighted sum",
     )
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reward option, repeatable")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="reward option, repeatable; with several rewards NAME.KEY=VALUE sets one reward's")
     p.add_argument("--output", help="write per-image scores to this JSONL file")
     p.add_argument(
         "--allow-errors", action="store_true",

@@ -7,6 +7,8 @@ id (files we have not seen byte for byte), ``git_blob`` is verified instead: SHA
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 GH = "https://raw.githubusercontent.com"
@@ -75,9 +77,18 @@ DATA_FILES: tuple[DataFile, ...] = (
              note="assembled from ELLA dpg_bench/prompts/<id>.txt at 3c228f1d as JSONL {id, prompt}"),
     DataFile("dpg_bench/dpg_bench.csv", f"{GH}/TencentQQGYLab/ELLA/3c228f1dc6c4d3cad0a47493816151a419f14db3/dpg_bench/dpg_bench.csv", "Apache-2.0", git_blob="98457fc9901943f51ff9a30367250fc292533bed"),
     DataFile("geneval2/geneval2_data.jsonl", f"{GH}/facebookresearch/GenEval2/a6e82d2289e8d418f27f0adee77908b07060eea3/geneval2_data.jsonl", "CC BY-NC 4.0 (NON-COMMERCIAL use only; attribution: Kamath et al., GenEval 2)", sha256="09233adbc9f877fba205f1a20efa4a8640e7e62a91dfd55893562bed8a928e43"),
+    DataFile("drawbench/test.txt", f"{GH}/NVlabs/DiffusionNFT/24af5554898d85e93efa492f42b5e9cdf4156e9b/dataset/drawbench/test.txt", "Apache-2.0 (DiffusionNFT); prompts: Google DrawBench, unlicensed", sha256="9006b98feabb94b28a2bc0c88de42fd4f31a9ec3c2a19e308a02c5385b7172f0"),
     DataFile("flowgrpo/geneval/train_metadata.jsonl", f"{GH}/yifan123/flow_grpo/ac4c86e8cae021841f1fde853d340e0db67690dd/dataset/geneval/train_metadata.jsonl", "MIT", git_blob="0b97e8a6802c08fc7537cd00c76ae79c851bddcb"),
     DataFile("flowgrpo/geneval_unseen_objects/train_metadata.jsonl", f"{GH}/yifan123/flow_grpo/ac4c86e8cae021841f1fde853d340e0db67690dd/dataset/geneval_unseen_objects/train_metadata.jsonl", "MIT", git_blob="05715c3713940177a2a20fd0575ec972a3bf2e89"),
     DataFile("flowgrpo/ocr/train.txt", f"{GH}/yifan123/flow_grpo/ac4c86e8cae021841f1fde853d340e0db67690dd/dataset/ocr/train.txt", "MIT", git_blob="3ce0521b77b0a9031191d66ecc36ebaaf27a3922"),
 )
 
 BY_KEY: dict[str, DataFile] = {f.key: f for f in DATA_FILES}
+
+NON_COMMERCIAL = re.compile(r"\bNC\b|non-?commercial", re.IGNORECASE)
+
+
+def terms(licenses: Iterable[str]) -> str:
+    """The distinct licenses, joined, flagged ``[non-commercial]`` where any forbids commercial use."""
+    text = "; ".join(dict.fromkeys(x for x in licenses if x))
+    return f"{text} [non-commercial]" if NON_COMMERCIAL.search(text) else text

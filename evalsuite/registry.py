@@ -47,6 +47,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "t2i_compbench": "evalsuite.benchmarks.t2i_compbench:T2ICompBench",
         "dpg_bench": "evalsuite.benchmarks.dpg_bench:DPGBench",
         "geneval2": "evalsuite.benchmarks.geneval2:GenEval2",
+        "drawbench": "evalsuite.benchmarks.drawbench:DrawBench",
     },
     "generators": {
         "diffusers": "evalsuite.generator:DiffusersGenerator",

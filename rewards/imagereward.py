@@ -216,6 +216,7 @@ class ImageReward(Reward):
 
     name = "imagereward"
     default_model = "THUDM/ImageReward"
+    license = "Apache-2.0"  # THUDM/ImageReward model card
     backend = "transformers (BLIP modules converted from the official ImageReward.pt)"
 
     def __init__(self, model: str | None = None, *, tokenizer: str | None = None, **kwargs: Any) -> None:
