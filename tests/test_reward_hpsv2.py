@@ -250,3 +250,22 @@ def test_tiny_checkpoint_is_deterministic(tmp_path) -> None:
         return hashlib.sha256((folder / CKPT).read_bytes()).hexdigest()
 
     assert digest(a) == digest(b) != digest(c)
+
+
+def test_architecture_name_needs_no_base_weights(tiny_hps, tmp_path) -> None:
+    """The hub path: a built-in architecture name, no pretrained tag, the checkpoint over random init —
+    scores equal the folder's (base weights loaded, then overwritten): the base never matters."""
+    import shutil
+
+    import open_clip
+
+    open_clip.add_model_config(tiny_hps / "tiny-ViT-H-14.json")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny_hps / CKPT, bare / CKPT)
+    by_name = HPSv2(str(bare), architecture="tiny-ViT-H-14")
+    assert by_name.describe()["architecture"] == "tiny-ViT-H-14"
+    samples = _samples()[:3]
+    assert by_name.score(samples).scores == HPSv2(str(tiny_hps)).score(samples).scores
+    with pytest.raises(ConfigError, match="needs a pretrained tag"):
+        load_open_clip("tiny-ViT-H-14")
