@@ -40,6 +40,8 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "remote": "evalsuite.remote:RemoteReward",
         "blip_vqa": "evalsuite.rewards.blip_vqa:BlipVQA",
         "t2i_compbench_detection": "evalsuite.rewards.compbench_detection:CompBenchDetection",
+        "hpsv2": "evalsuite.rewards.hpsv2:HPSv2",
+        "aesthetic": "evalsuite.rewards.aesthetic:LAIONAesthetic",
     },
     "benchmarks": {
         "geneval": "evalsuite.benchmarks.geneval:GenEval",

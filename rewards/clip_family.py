@@ -1,4 +1,4 @@
-"""What every CLIP-style reward (PickScore, CLIPScore, later HPSv2) shares: one text and one image embedding
+"""What every CLIP-style reward (PickScore, CLIPScore, HPSv2) shares: one text and one image embedding
 per (prompt, image) pair, and the cosine between them.
 
 A GRPO group shares one prompt, so each distinct prompt is encoded once and its embedding is paired with

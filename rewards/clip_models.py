@@ -28,6 +28,13 @@ Three ways to name a model:
   ``open_clip_model.safetensors``, so
   ``load_open_clip("tiny-ViT-L-14", "<folder>/open_clip_model.safetensors")`` works too:
   a ``<model_name>.json`` next to a checkpoint file is registered with open_clip first.
+
+``overlay=<checkpoint>`` loads a fine-tuned state dict over the architecture, strictly, the way HPSv2's
+official code loads ``torch.load(cp)['state_dict']`` over open_clip ViT-H-14. Every weight is replaced, so
+with an overlay a built-in architecture needs no pretrained tag (no download of base weights it would
+overwrite)::
+
+      load_open_clip("ViT-H-14", overlay="/ckpt/HPS_v2.1_compressed.pt")
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ __all__ = [
     "encode_images",
     "encode_texts",
     "load_open_clip",
+    "load_overlay",
     "local_model_dir",
+    "resolve_checkpoint",
     "tokenize",
     "zero_shot_classifier",
 ]
@@ -85,6 +94,7 @@ def load_open_clip(
     dtype: torch.dtype = torch.float32,
     quick_gelu: bool | None = None,
     cache_dir: str | None = None,
+    overlay: str | os.PathLike[str] | None = None,
 ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor], Callable[..., torch.Tensor]]:
     """Return ``(model, preprocess, tokenizer)``: an eval-mode open_clip model, eval transform, tokenizer.
 
@@ -95,6 +105,8 @@ def load_open_clip(
     tag from turning it on.
     ``dtype``: float32, or bfloat16/float16 as open_clip's OpenAI-style mixed precision (matmul weights in
     low precision, LayerNorm in float32) — the way ``clip.load`` runs on a GPU.
+    ``overlay``: a ``{'state_dict': ...}`` checkpoint loaded strictly over the built model (see
+    :func:`load_overlay`); ``pretrained`` may then be None for a built-in architecture.
     """
     open_clip = _open_clip()
     if dtype not in _PRECISION:
@@ -110,16 +122,19 @@ def load_open_clip(
         model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
     else:
-        if pretrained is None:
-            raise ConfigError(f"open_clip: {model_name!r} needs a pretrained tag or checkpoint file")
-        pretrained = str(pretrained)
         arch = model_name.replace("/", "-")  # "ViT-B/32" (OpenAI's spelling) -> "ViT-B-32"
-        if os.path.isfile(pretrained):
+        if pretrained is None:
+            if overlay is None:
+                raise ConfigError(f"open_clip: {model_name!r} needs a pretrained tag or checkpoint file")
+            tag_quick_gelu = False
+        elif os.path.isfile(pretrained):
+            pretrained = str(pretrained)
             sidecar = Path(pretrained).parent / f"{arch}.json"
             if arch not in open_clip.list_models() and sidecar.is_file():
                 open_clip.add_model_config(sidecar)
             tag_quick_gelu = False
         else:
+            pretrained = str(pretrained)
             tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
             if not tag_cfg:
                 raise ConfigError(
@@ -131,8 +146,47 @@ def load_open_clip(
             kwargs["force_quick_gelu"] = True
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, **kwargs)
         tokenizer = open_clip.get_tokenizer(arch)
+    if overlay is not None:
+        load_overlay(model, overlay)
     model.eval().requires_grad_(False)
     return model, preprocess, tokenizer
+
+
+def load_overlay(model: torch.nn.Module, checkpoint: str | os.PathLike[str]) -> None:
+    """Load ``torch.load(checkpoint, weights_only=True)['state_dict']`` into ``model``, strictly.
+
+    The official HPSv2 format: a plain dict of tensors under ``state_dict`` (no pickled code, so
+    ``weights_only`` loads it). Strict, as the official ``model.load_state_dict(...)`` is: a checkpoint for
+    another architecture fails here, naming the file and the mismatched keys, instead of scoring
+    with half-random weights. Values are copied into the model's own dtypes (low precision stays so).
+    """
+    path = Path(checkpoint)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, truncated or pickled-code file: say which
+        raise ConfigError(f"open_clip overlay {path}: cannot load: {type(e).__name__}: {e}") from e
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("state_dict"), dict):
+        raise ConfigError(f"open_clip overlay {path}: expected a dict with a 'state_dict' entry")
+    try:
+        model.load_state_dict(loaded["state_dict"], strict=True)
+    except RuntimeError as e:  # missing/unexpected keys or wrong shapes: another architecture's weights
+        raise ConfigError(f"open_clip overlay {path} does not fit the architecture: {e}") from e
+
+
+def resolve_checkpoint(source: str, filename: str, revision: str | None = None) -> Path:
+    """The checkpoint a reward names: ``source`` itself if it is a file, ``source/filename`` if it is a
+    folder, else ``filename`` from the Hub repo ``source`` (HF cache; errors are classified by the
+    reward's ``loading`` wrapper, so an offline miss reads as one line)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if not (path / filename).is_file():
+            raise ConfigError(f"{path} has no {filename}")
+        return path / filename
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(source, filename, revision=revision))
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ def test_tiny_writer_is_deterministic(tmp_path) -> None:
     assert digest(a)[1] != digest(c)[1]
     assert (a / "tiny-ViT-L-14.json").is_file()
     with pytest.raises(ConfigError, match="unknown arch"):
-        write_tiny_open_clip(tmp_path / "d", "ViT-H-14")
+        write_tiny_open_clip(tmp_path / "d", "ViT-bigG-14")
 
 
 def test_checkpoint_file_with_sidecar_config_and_quick_gelu(tiny_clip, tmp_path) -> None:

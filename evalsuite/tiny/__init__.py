@@ -127,6 +127,20 @@ _SPECS += (
         writer_ref="open_clip:write_open_clip_vit_b_32",
     ),
     TinySpec(
+        name="hpsv2",
+        model_id="xswu/HPSv2 (HPS_v2.1_compressed.pt over open_clip ViT-H-14)",
+        description="open_clip local-dir folder (ViT-H-14 stand-in, GELU) + official HPS_v2.1_compressed.pt",
+        loaded_by=("evalsuite.rewards.hpsv2.HPSv2",),
+        writer_ref="hpsv2:write_hpsv2",
+    ),
+    TinySpec(
+        name="aesthetic",
+        model_id="LAION improved-aesthetic-predictor (sac+logos+ava1-l14-linearMSE.pth)",
+        description="official-format aesthetic MLP .pth + clip/ (open_clip ViT-L-14 stand-in, 768-d)",
+        loaded_by=("evalsuite.rewards.aesthetic.LAIONAesthetic",),
+        writer_ref="aesthetic:write_aesthetic",
+    ),
+    TinySpec(
         name="imagereward",
         model_id="THUDM/ImageReward",
         description="official ImageReward.pt + med_config.json layout (BLIP ViT + BERT + MLP head)",

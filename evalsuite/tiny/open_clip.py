@@ -15,23 +15,32 @@ from evalsuite.errors import ConfigError
 
 from ._common import resolve, seeded
 
-__all__ = ["TINY_ARCHES", "write_open_clip_vit_b_32", "write_open_clip_vit_l_14", "write_tiny_open_clip"]
+__all__ = [
+    "TINY_ARCHES",
+    "tiny_model_cfg",
+    "write_open_clip_vit_b_32",
+    "write_open_clip_vit_l_14",
+    "write_tiny_open_clip",
+]
 
 _LOADER = "evalsuite.rewards.clip_models"
 
-# Tiny stand-ins: same block types and pooling as the real towers (QuickGELU like OpenAI's weights,
-# argmax/EOT text pooling, 77-token context, the real 49408-token BPE vocabulary), far smaller.
+# Tiny stand-ins: same block types and pooling as the real towers (QuickGELU like OpenAI's weights, GELU
+# like laion's ViT-H-14, argmax/EOT text pooling, 77-token context, the real 49408-token BPE vocabulary),
+# far smaller.
 TINY_ARCHES: dict[str, dict[str, Any]] = {
-    "ViT-B-32": {"image_size": 32, "patch_size": 16},
-    "ViT-L-14": {"image_size": 32, "patch_size": 8},
+    "ViT-B-32": {"image_size": 32, "patch_size": 16, "quick_gelu": True},
+    "ViT-L-14": {"image_size": 32, "patch_size": 8, "quick_gelu": True},
+    "ViT-H-14": {"image_size": 28, "patch_size": 7, "quick_gelu": False},  # HPSv2's laion2B architecture
 }
 
 
-def _tiny_model_cfg(arch: str) -> dict[str, Any]:
+def tiny_model_cfg(arch: str, embed_dim: int = 16) -> dict[str, Any]:
+    """The open_clip ``CLIP(**cfg)`` config of the tiny ``arch`` (``embed_dim``: the joint space's width)."""
     vision = TINY_ARCHES[arch]
     return {
-        "embed_dim": 16,
-        "quick_gelu": True,
+        "embed_dim": embed_dim,
+        "quick_gelu": vision["quick_gelu"],
         "vision_cfg": {
             "image_size": vision["image_size"],
             "patch_size": vision["patch_size"],
@@ -43,8 +52,10 @@ def _tiny_model_cfg(arch: str) -> dict[str, Any]:
     }
 
 
-def write_tiny_open_clip(out_dir: str | os.PathLike[str], arch: str = "ViT-L-14", seed: int = 0) -> Path:
-    """Write a seeded tiny open_clip model mimicking ``<arch>`` (openai) into ``out_dir`` and return it.
+def write_tiny_open_clip(
+    out_dir: str | os.PathLike[str], arch: str = "ViT-L-14", seed: int = 0, *, embed_dim: int = 16
+) -> Path:
+    """Write a seeded tiny open_clip model mimicking ``<arch>`` into ``out_dir`` and return it.
 
     The folder is open_clip's ``local-dir:`` layout (``open_clip_config.json`` with OpenAI preprocessing +
     ``open_clip_model.safetensors``) plus ``tiny-<arch>.json`` (the bare architecture config, registerable
@@ -56,7 +67,7 @@ def write_tiny_open_clip(out_dir: str | os.PathLike[str], arch: str = "ViT-L-14"
     import open_clip
     from safetensors.torch import save_file
 
-    cfg = _tiny_model_cfg(arch)
+    cfg = tiny_model_cfg(arch, embed_dim)
     with seeded(seed, "open_clip", arch):
         model = open_clip.CLIP(**cfg)
     out = Path(out_dir)
