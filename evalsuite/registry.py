@@ -107,7 +107,13 @@ class Entry:
 
     @property
     def target_name(self) -> str:
-        return self.target if isinstance(self.target, str) else self.target.value
+        """``module:attr`` of what the name loads (an entry point's value, or a runtime object's origin)."""
+        if isinstance(self.target, str):
+            return self.target
+        if isinstance(self.target, metadata.EntryPoint):
+            return self.target.value
+        qualname = getattr(self.target, "__qualname__", type(self.target).__qualname__)
+        return f"{getattr(self.target, '__module__', '?')}:{qualname}"
 
 
 class Registry:

@@ -85,6 +85,22 @@ def test_runtime_registration_and_decorator():
         pass
 
     assert reg.get("rewards", "const") is Const and reg.entry("rewards", "const").source == "runtime"
+    assert reg.entry("rewards", "const").target_name == f"{__name__}:{Const.__qualname__}"
+
+
+def test_list_shows_a_reward_registered_at_runtime(capsys):
+    """``evalsuite list`` after ``register_reward`` on a class (not a "module:attr" string) lists it."""
+    from evalsuite.cli import main
+    from evalsuite.registry import register_reward
+    from evalsuite.rewards.brightness import Brightness
+
+    register_reward("runtime_brightness")(Brightness)
+    try:
+        assert main(["list", "--kind", "rewards"]) == 0
+    finally:
+        registry._entries["rewards"].pop("runtime_brightness")
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "runtime_brightness" in ln)
+    assert "runtime" in line and "ok" in line
 
 
 def test_plugin_discovered_and_runs_through_registry(plugin_site, monkeypatch):
