@@ -35,6 +35,7 @@ from evalsuite.harness.lora import (
     load_transformer_lora,
     save_transformer_lora,
     transformer_adapter_disabled,
+    transformer_lora_metadata,
     transformer_lora_state_dict,
 )
 from evalsuite.harness.model_source import loading
@@ -360,7 +361,12 @@ class FlowPolicy:
 
     def save_lora(self, folder: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """diffusers LoRA format: loaded by ``pipe.load_lora_weights`` and ``evalsuite run --lora``."""
-        save_transformer_lora(type(self.pipeline), folder, state_dict or self.lora_state_dict())
+        save_transformer_lora(
+            type(self.pipeline),
+            folder,
+            state_dict or self.lora_state_dict(),
+            transformer_lora_metadata(self.transformer),
+        )
 
     def load_lora(self, folder: str) -> None:
         """Restore adapter weights written by ``save_lora`` into the existing adapter (resume)."""
