@@ -25,7 +25,7 @@ from evalsuite.errors import ConfigError, PluginError, UnknownNameError
 from evalsuite.harness.flow_config import FlowPolicyConfig
 from evalsuite.harness.flow_trajectory import Conditioning
 
-__all__ = ["FlowFamily", "family_class", "pipeline_class_name"]
+__all__ = ["FlowFamily", "PipelineFamily", "family_class", "pipeline_class_name"]
 
 
 @runtime_checkable
@@ -73,6 +73,38 @@ class FlowFamily(Protocol):
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         """RGB images of one batch of final latents."""
         ...
+
+
+class PipelineFamily:
+    """What the built-in families share (a convenience base, not part of the protocol): the pipeline and
+    config, the transformer's device and dtype, per-row seeded noise and the VAE's affine latent scaling."""
+
+    def __init__(self, pipeline: Any, config: FlowPolicyConfig) -> None:
+        self.pipeline = pipeline
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.pipeline.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.transformer.dtype
+
+    def seeded_noise(self, seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
+        """(len(seeds), *shape) noise in the model dtype, row i from a generator seeded with seeds[i]: what
+        the pipelines draw with one generator per image, whatever else is in the batch."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        return randn_tensor((len(seeds), *shape), generator=gens, device=self.device, dtype=self.dtype)
+
+    def vae_decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """(B, C, h, w) latents → RGB images, undoing the VAE's scaling and shift as the pipelines do."""
+        vae = self.pipeline.vae
+        latents = latents.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        pixels = vae.decode(latents, return_dict=False)[0]
+        return self.pipeline.image_processor.postprocess(pixels, output_type="pil")
 
 
 def pipeline_class_name(model: str, revision: str | None = None) -> str:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from evalsuite.harness.flow_config import FlowPolicyConfig
+from evalsuite.harness.flow_families import PipelineFamily
 from evalsuite.harness.flow_trajectory import Conditioning
 from evalsuite.images import to_rgb
 
@@ -40,7 +41,7 @@ FLUX_LORA_TARGETS = (
 )
 
 
-class FluxFamily:
+class FluxFamily(PipelineFamily):
     """FLUX.1-dev / FLUX.1-Kontext: see the module docstring."""
 
     name: ClassVar[str] = "flux"
@@ -48,20 +49,11 @@ class FluxFamily:
     default_lora_targets: ClassVar[tuple[str, ...]] = FLUX_LORA_TARGETS
 
     def __init__(self, pipeline: Any, config: FlowPolicyConfig) -> None:
-        self.pipeline = pipeline
-        self.config = config
+        super().__init__(pipeline, config)
         self.is_edit = "Kontext" in type(pipeline).__name__
         distilled = bool(getattr(pipeline.transformer.config, "guidance_embeds", False))
         self.guidance = "embedding" if distilled else "cfg"
         self.size_multiple = pipeline.vae_scale_factor * 2
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.pipeline.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipeline.transformer.dtype
 
     # ---------------------------------------------------------------------------------- conditioning
 
@@ -172,22 +164,11 @@ class FluxFamily:
 
     def initial_noise(self, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
         """Packed fp32 noise; row i depends only on seeds[i] (drawn like FluxPipeline with that seed)."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        pipe = self.pipeline
-        channels = pipe.transformer.config.in_channels // 4
+        channels = self.pipeline.transformer.config.in_channels // 4
         lh, lw = 2 * (height // self.size_multiple), 2 * (width // self.size_multiple)
-        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
-        noise = randn_tensor(
-            (len(seeds), channels, lh, lw), generator=gens, device=self.device, dtype=self.dtype
-        )
-        return pipe._pack_latents(noise, len(seeds), channels, lh, lw).float()
+        noise = self.seeded_noise(seeds, (channels, lh, lw))
+        return self.pipeline._pack_latents(noise, len(seeds), channels, lh, lw).float()
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         pipe = self.pipeline
-        unpacked = pipe._unpack_latents(
-            latents.to(self.device, pipe.vae.dtype), height, width, pipe.vae_scale_factor
-        )
-        unpacked = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-        pixels = pipe.vae.decode(unpacked, return_dict=False)[0]
-        return pipe.image_processor.postprocess(pixels, output_type="pil")
+        return self.vae_decode(pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor))

@@ -21,6 +21,7 @@ from PIL import Image
 
 from evalsuite.errors import ConfigError
 from evalsuite.harness.flow_config import FlowPolicyConfig
+from evalsuite.harness.flow_families import PipelineFamily
 from evalsuite.harness.flow_trajectory import Conditioning
 
 # Flow-GRPO's SD3.5 LoRA targets (scripts/train_sd3.py in yifan123/flow_grpo): the joint attention's
@@ -37,7 +38,7 @@ SD3_LORA_TARGETS = (
 )
 
 
-class SD3Family:
+class SD3Family(PipelineFamily):
     """SD3 / SD3.5: see the module docstring."""
 
     name: ClassVar[str] = "sd3"
@@ -45,19 +46,10 @@ class SD3Family:
     default_lora_targets: ClassVar[tuple[str, ...]] = SD3_LORA_TARGETS
 
     def __init__(self, pipeline: Any, config: FlowPolicyConfig) -> None:
-        self.pipeline = pipeline
-        self.config = config
+        super().__init__(pipeline, config)
         self.is_edit = False
         self.guidance = "cfg" if config.guidance_scale > 1.0 else "none"
         self.size_multiple = pipeline.vae_scale_factor * pipeline.transformer.config.patch_size
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.pipeline.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipeline.transformer.dtype
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, _, pooled, _ = self.pipeline.encode_prompt(
@@ -129,21 +121,9 @@ class SD3Family:
 
     def initial_noise(self, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
         """(B, C, H/8, W/8) fp32 noise, drawn like StableDiffusion3Pipeline with each row's seed."""
-        from diffusers.utils.torch_utils import randn_tensor
-
         pipe = self.pipeline
-        shape = (
-            len(seeds),
-            pipe.transformer.config.in_channels,
-            height // pipe.vae_scale_factor,
-            width // pipe.vae_scale_factor,
-        )
-        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
-        return randn_tensor(shape, generator=gens, device=self.device, dtype=self.dtype).float()
+        channels, factor = pipe.transformer.config.in_channels, pipe.vae_scale_factor
+        return self.seeded_noise(seeds, (channels, height // factor, width // factor)).float()
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
-        pipe = self.pipeline
-        latents = latents.to(self.device, pipe.vae.dtype)
-        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-        pixels = pipe.vae.decode(latents, return_dict=False)[0]
-        return pipe.image_processor.postprocess(pixels, output_type="pil")
+        return self.vae_decode(latents)
