@@ -3,7 +3,8 @@
 Entries are resolved lazily (``"module:attr"`` strings), so listing them costs no model imports
 and one broken plugin is reported by name without breaking the others. Third-party packages
 register through the entry-point groups ``evalsuite.rewards``, ``evalsuite.benchmarks``,
-``evalsuite.generators``, ``evalsuite.scorers``, ``evalsuite.trainers`` and ``evalsuite.rewriters``::
+``evalsuite.generators``, ``evalsuite.scorers``, ``evalsuite.trainers``, ``evalsuite.rewriters`` and
+``evalsuite.flow_families``::
 
     [project.entry-points."evalsuite.rewards"]
     my_reward = "my_pkg.rewards:MyReward"
@@ -20,8 +21,10 @@ from typing import Any, Literal
 
 from evalsuite.errors import PluginError, UnknownNameError
 
-Kind = Literal["rewards", "benchmarks", "generators", "scorers", "trainers", "rewriters"]
-KINDS: tuple[Kind, ...] = ("rewards", "benchmarks", "generators", "scorers", "trainers", "rewriters")
+Kind = Literal["rewards", "benchmarks", "generators", "scorers", "trainers", "rewriters", "flow_families"]
+KINDS: tuple[Kind, ...] = (
+    "rewards", "benchmarks", "generators", "scorers", "trainers", "rewriters", "flow_families"
+)
 ENTRY_POINT_GROUPS: dict[Kind, str] = {kind: f"evalsuite.{kind}" for kind in KINDS}
 BUILTIN = "built-in"
 
@@ -60,6 +63,10 @@ BUILTINS: dict[Kind, dict[str, str]] = {
     },
     "rewriters": {  # load(path, device=, dtype=) -> an object with rewrite(prompts, seed) -> list[str]
         "reprompt": "evalsuite.harness.rewriter:load_rewriter",
+    },
+    "flow_families": {  # evalsuite.harness.flow_families.FlowFamily classes: the flow policy's model seam
+        "flux": "evalsuite.harness.flow_families.flux:FluxFamily",
+        "sd3": "evalsuite.harness.flow_families.sd3:SD3Family",
     },
     # Model forwards that are not rewards (contracts in evalsuite.scorer): factories taking a spec.
     "scorers": {

@@ -1,7 +1,7 @@
 """Configuration of a flow-policy run (Flow-GRPO, PromptRL, PromptLoop): dataclasses loaded from strict YAML.
 
 One ``FlowTrainConfig`` per run; ``mode`` picks what is trained:
-- "flow": Flow-GRPO on a FLUX.1-dev (or FLUX.1-Kontext) LoRA, prompts as given;
+- "flow": Flow-GRPO on a flow model's LoRA (FLUX.1-dev, FLUX.1-Kontext, SD3.5, …), prompts as given;
 - "promptrl": the prompt rewriter (rewriter.py) and the flow LoRA together from one reward and one
   group-relative advantage; ``promptrl.prompt_only`` freezes the flow model;
 - "promptloop": a frozen flow model whose conditioning a multimodal LM refines at chosen denoising steps.
@@ -29,37 +29,21 @@ from evalsuite.harness.config import (
 
 MODES = ("flow", "promptrl", "promptloop")
 
-# Flow-GRPO's FLUX LoRA targets: attention and MLP projections of the double and single blocks.
-FLUX_LORA_TARGETS = (
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "ff_context.net.0.proj",
-    "ff_context.net.2",
-    "proj_mlp",
-)
-
-
 @dataclass
 class FlowLoraSettings:
-    """PEFT LoRA on the transformer (B starts at 0, so the adapter-disabled reference equals the start)."""
+    """PEFT LoRA on the transformer (B starts at 0, so the adapter-disabled reference equals the start).
+    ``target_modules`` null: the model family's Flow-GRPO targets (flow_families)."""
 
     r: int = 32
     alpha: int = 64
-    target_modules: list[str] = field(default_factory=lambda: list(FLUX_LORA_TARGETS))
+    target_modules: list[str] | None = None
 
 
 @dataclass
 class FlowPolicyConfig:
     """The flow model and its sampler.
 
+    ``model`` is a hub id or folder of any registered flow family (FLUX.1-dev, FLUX.1-Kontext, SD3.5, …).
     ``guidance_scale``: the guidance embedding for guidance-distilled models (FLUX.1-dev 3.5, Kontext 2.5);
     for a model without one it is the classifier-free guidance scale (with ``negative_prompt``), applied
     identically when sampling and when recomputing log-probs. ``num_steps`` is the training sampler
@@ -73,6 +57,7 @@ class FlowPolicyConfig:
 
     model: str = "black-forest-labs/FLUX.1-dev"
     revision: str | None = None
+    family: str | None = None  # a registered flow family; null: the one driving model_index.json's class
     dtype: str = "bfloat16"
     height: int | None = 512
     width: int | None = 512

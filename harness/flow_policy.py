@@ -1,25 +1,21 @@
-"""A FLUX.1-dev / FLUX.1-Kontext transformer as a Gaussian policy over denoising steps (Flow-GRPO).
+"""A flow-matching transformer as a Gaussian policy over denoising steps (Flow-GRPO), for any model family.
 
-The diffusers pipeline supplies the frozen parts (text encoders, VAE, scheduler config, latent packing); the
-sampling loop is ours, because it must record every step's latents and log-prob and let the trainer
-recompute exactly the same step later. One function, ``velocity``, is the only place the transformer is
-called, so sampling and the train-time recompute see the same inputs in the same dtype: the first inner
-step's ratio is 1.
+The diffusers pipeline supplies the frozen parts (text encoders, VAE, scheduler config); the sampling loop is
+ours, because it must record every step's latents and log-prob and let the trainer recompute exactly the same
+step later. Everything model-specific (prompt encoding and negative prompt, latent layout, the transformer
+call and its guidance, the shifted schedule, source-image conditioning, decoding, default LoRA targets) is
+the family's (``flow_families``: FLUX.1-dev/Kontext, SD3.5, …), picked from model_index.json's
+``_class_name``. The family's ``velocity`` is the only place the transformer runs, so sampling and the
+train-time recompute see the same inputs in the same dtype: the first inner step's ratio is 1.
 
-- Guidance-distilled models (``transformer.config.guidance_embeds``): the guidance value goes in as an
-  embedding, one forward per step. Other models: classifier-free guidance with the negative prompt, the two
-  branches in one batched forward.
-- Kontext: the source image's VAE latents are appended as extra tokens (image ids with first coordinate 1);
-  the velocity is read from the target tokens only.
-- LoRA via diffusers' PEFT integration (``lora``); the reference policy is the same transformer with the
-  adapter disabled (``adapter_disabled``), so no second copy is held. The rollout's data types are in
-  ``flow_trajectory``.
+LoRA via diffusers' PEFT integration (``lora``); the reference policy is the same transformer with the
+adapter disabled (``adapter_disabled``), so no second copy is held. The rollout's data types are in
+``flow_trajectory``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -32,29 +28,37 @@ from PIL import Image
 from evalsuite.errors import ConfigError
 from evalsuite.generator import dtype_kwarg
 from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig
+from evalsuite.harness.flow_families import FlowFamily, family_class, pipeline_class_name
 from evalsuite.harness.flow_trajectory import Conditioning, RefineHook, RefineRequest, Trajectory
 from evalsuite.harness.lora import (
     add_transformer_lora,
     load_transformer_lora,
     save_transformer_lora,
     transformer_adapter_disabled,
+    transformer_lora_metadata,
     transformer_lora_state_dict,
 )
 from evalsuite.harness.model_source import loading
 from evalsuite.harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
-from evalsuite.images import to_rgb
 
 
 class FlowPolicy:
-    """Sampling with per-step log-probs and their exact recompute for one FLUX-family pipeline."""
+    """Sampling with per-step log-probs and their exact recompute for one flow pipeline (any family)."""
 
-    def __init__(self, pipeline: Any, config: FlowPolicyConfig, model_id: str | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        config: FlowPolicyConfig,
+        model_id: str | None = None,
+        family: FlowFamily | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.config = config
         self.model_id = model_id or config.model
+        self.family = family or family_class(config, type(pipeline).__name__)(pipeline, config)
         self.transformer = pipeline.transformer
-        self.is_edit = "Kontext" in type(pipeline).__name__
-        self.distilled = bool(getattr(self.transformer.config, "guidance_embeds", False))
+        self.is_edit = self.family.is_edit
+        self.distilled = self.family.guidance == "embedding"
         if config.sde_type not in ("sde", "cps"):
             raise ConfigError(f"flow.sde_type must be 'sde' or 'cps', got {config.sde_type!r}")
 
@@ -68,24 +72,33 @@ class FlowPolicy:
         from diffusers import DiffusionPipeline
 
         with loading("flow.model", config.model):  # no such folder, not cached offline: one clear line
-            pipe = DiffusionPipeline.from_pretrained(config.model, revision=config.revision,
-                                                     **dtype_kwarg(config.dtype))  # no deprecation warning
-        if not hasattr(pipe, "transformer") or not hasattr(pipe, "vae"):
-            raise ConfigError(f"{config.model}: {type(pipe).__name__} is not a FLUX-family pipeline")
+            class_name = pipeline_class_name(config.model, config.revision)
+        family = family_class(config, class_name)  # before the weights: an unknown family fails fast
+        with loading("flow.model", config.model):
+            pipe = DiffusionPipeline.from_pretrained(
+                config.model, revision=config.revision, **dtype_kwarg(config.dtype)
+            )  # no deprecation warning
         pipe.to(torch.device(device))
         pipe.set_progress_bar_config(disable=True)
-        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
-            module.requires_grad_(False)
-            module.eval()
-        policy = cls(pipe, config)
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False)
+                module.eval()
+        policy = cls(pipe, config, family=family(pipe, config))
         if lora:
             policy.add_lora(config.lora, seed=seed)
         if config.gradient_checkpointing:
             policy.transformer.enable_gradient_checkpointing()
         return policy
 
+    def lora_targets(self, lora: FlowLoraSettings) -> list[str]:
+        """The configured LoRA targets, or the family's (Flow-GRPO's) when none are configured."""
+        return list(self.family.default_lora_targets if lora.target_modules is None else lora.target_modules)
+
     def add_lora(self, lora: FlowLoraSettings, *, seed: int = 0) -> None:
-        add_transformer_lora(self.transformer, lora, seed=seed)
+        add_transformer_lora(
+            self.transformer, replace(lora, target_modules=self.lora_targets(lora)), seed=seed
+        )
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
@@ -103,9 +116,10 @@ class FlowPolicy:
         return {
             "model": self.model_id,
             "revision": c.revision,
+            "family": self.family.name,
             "pipeline": type(self.pipeline).__name__,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "guidance": "embedding" if self.distilled else "cfg",
+            "guidance": self.family.guidance,
             "guidance_scale": c.guidance_scale,
             "num_steps": c.num_steps,
             "eval_num_steps": c.eval_num_steps,
@@ -113,7 +127,7 @@ class FlowPolicy:
             "sde_type": c.sde_type,
             "height": c.height,
             "width": c.width,
-            "lora": {"r": c.lora.r, "alpha": c.lora.alpha, "target_modules": list(c.lora.target_modules)},
+            "lora": {"r": c.lora.r, "alpha": c.lora.alpha, "target_modules": self.lora_targets(c.lora)},
         }
 
     # ---------------------------------------------------------------------------------- conditioning
@@ -122,13 +136,11 @@ class FlowPolicy:
     def encode(
         self, prompts: Sequence[str], sources: Sequence[Image.Image] | None = None
     ) -> tuple[Conditioning, int, int]:
-        """Text (and Kontext source) conditioning for a batch; returns (cond, height, width)."""
-        pipe, c = self.pipeline, self.config
+        """Text (and source-image) conditioning for a batch; returns (cond, height, width)."""
         if self.is_edit and sources is None:
             raise ConfigError(f"{self.model_id} is an editing model: every prompt needs a source image")
         if sources is not None and not self.is_edit:
             raise ConfigError(f"{self.model_id} is not an editing model; source images are not accepted")
-        embeds, pooled = self._encode_text(list(prompts))
         height, width = self.output_size(sources[0] if sources else None)
         if sources and self.config.height is None:
             sizes = {i: self.output_size(src) for i, src in enumerate(sources)}
@@ -139,27 +151,7 @@ class FlowPolicy:
                     f"{(height, width)} like source 0: set flow.height/width (every source is then "
                     "resized to it) or batch sources of one size"
                 )
-        packed_ids = pipe._prepare_latent_image_ids(
-            len(prompts),
-            height // (pipe.vae_scale_factor * 2),
-            width // (pipe.vae_scale_factor * 2),
-            self.device,
-            self.dtype,
-        )
-        img_ids = packed_ids
-        source_latents = None
-        if sources is not None:
-            source_latents, source_ids = self._encode_sources(sources, height, width)
-            img_ids = torch.cat([packed_ids, source_ids], dim=0)
-        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
-        cond = Conditioning(embeds, pooled, text_ids, img_ids, source_latents=source_latents)
-        if self.distilled:
-            cond.guidance = torch.full(
-                (len(prompts),), c.guidance_scale, device=self.device, dtype=torch.float32
-            )
-        elif c.guidance_scale > 1.0:
-            neg, neg_pooled = self._encode_text([c.negative_prompt] * len(prompts))
-            cond.negative_embeds, cond.negative_pooled, cond.cfg_scale = neg, neg_pooled, c.guidance_scale
+        cond = self.family.conditioning(list(prompts), sources, height, width)
         return cond, height, width
 
     @torch.no_grad()
@@ -167,23 +159,14 @@ class FlowPolicy:
         """``cond`` with its text replaced by ``prompts`` (source image, guidance and ids kept)."""
         if len(prompts) != cond.prompt_embeds.shape[0]:
             raise ConfigError(f"{len(prompts)} prompts for {cond.prompt_embeds.shape[0]} rows")
-        embeds, pooled = self._encode_text(list(prompts))
+        embeds, pooled = self.family.encode_text(list(prompts))
         return replace(cond, prompt_embeds=embeds, pooled=pooled)
 
-    def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, pooled, _ = self.pipeline.encode_prompt(
-            prompt=prompts,
-            prompt_2=None,
-            device=self.device,
-            num_images_per_prompt=1,
-            max_sequence_length=self.config.max_sequence_length,
-        )
-        return embeds, pooled
-
     def output_size(self, source: Image.Image | None = None) -> tuple[int, int]:
-        """(height, width), multiples of 16. Editing without a configured size keeps the source's size,
-        scaled down (never up) to ``max_area`` — Kontext's own auto-resize would go to ~1 MP."""
-        mult = self.pipeline.vae_scale_factor * 2
+        """(height, width), multiples of the family's size multiple. Editing without a configured size keeps
+        the source's size, scaled down (never up) to ``max_area`` — Kontext's own auto-resize would go to
+        ~1 MP."""
+        mult = self.family.size_multiple
         c = self.config
         if c.height is not None and c.width is not None:
             h, w = c.height, c.width
@@ -198,91 +181,24 @@ class FlowPolicy:
             raise ConfigError(f"output size {h}x{w} is too small (need multiples of {mult})")
         return h, w
 
-    def _encode_sources(
-        self, sources: Sequence[Image.Image], height: int, width: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        pipe = self.pipeline
-        rgb = [to_rgb(s, f"source image {i}") for i, s in enumerate(sources)]
-        pixels = pipe.image_processor.preprocess(
-            pipe.image_processor.resize(rgb, height, width), height, width
-        )
-        pixels = pixels.to(device=self.device, dtype=self.dtype)
-        latents = pipe._encode_vae_image(image=pixels, generator=None)  # the mode: deterministic
-        b, ch, lh, lw = latents.shape
-        packed = pipe._pack_latents(latents, b, ch, lh, lw)
-        ids = pipe._prepare_latent_image_ids(b, lh // 2, lw // 2, self.device, self.dtype)
-        ids[..., 0] = 1
-        return packed, ids
-
-    # ------------------------------------------------------------------------------------- schedule
+    # --------------------------------------------------------------------- the family's operations
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
-        """FLUX's shifted schedule (resolution-dependent mu), num_steps + 1 values ending at 0."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        pipe = self.pipeline
-        seq_len = (height // (pipe.vae_scale_factor * 2)) * (width // (pipe.vae_scale_factor * 2))
-        cfg = pipe.scheduler.config
-        mu = calculate_shift(
-            seq_len,
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
-        scheduler = copy.deepcopy(pipe.scheduler)
-        scheduler.set_timesteps(sigmas=list(np.linspace(1.0, 1 / num_steps, num_steps)), mu=mu, device="cpu")
-        return scheduler.sigmas.float().cpu()
-
-    # ---------------------------------------------------------------------------------- the forward
+        """The family's shifted schedule: num_steps + 1 values ending at 0."""
+        return self.family.sigmas(num_steps, height, width)
 
     def velocity(
         self, model: Any, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
         """v(x, σ) for a batch, in the model's dtype. σ: (B,). The one place the transformer runs."""
-        dtype = self.dtype
-        n = latents.shape[1]
-        hidden = latents.to(dtype)
-        if cond.source_latents is not None:
-            hidden = torch.cat([hidden, cond.source_latents.to(dtype)], dim=1)
-        # As the pipelines do: timestep = (σ·1000 in the model dtype) / 1000.
-        timestep = (sigma.to(self.device) * 1000).to(dtype) / 1000
-        embeds, pooled = cond.prompt_embeds, cond.pooled
-        cfg = cond.negative_embeds is not None
-        if cfg:
-            hidden = torch.cat([hidden, hidden])
-            timestep = torch.cat([timestep, timestep])
-            embeds = torch.cat([embeds, cond.negative_embeds])
-            pooled = torch.cat([pooled, cond.negative_pooled])
-        out = model(
-            hidden_states=hidden,
-            timestep=timestep,
-            guidance=cond.guidance,
-            pooled_projections=pooled,
-            encoder_hidden_states=embeds,
-            txt_ids=cond.text_ids,
-            img_ids=cond.img_ids,
-            return_dict=False,
-        )[0][:, :n]
-        if cfg:
-            pos, neg = out.chunk(2)
-            out = neg + cond.cfg_scale * (pos - neg)
-        return out
-
-    # ------------------------------------------------------------------------------------- sampling
+        return self.family.velocity(model, latents, sigma, cond)
 
     def initial_noise(self, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
-        """Packed fp32 noise; row i depends only on seeds[i] (drawn like FluxPipeline with that seed)."""
-        from diffusers.utils.torch_utils import randn_tensor
+        """fp32 noise in the family's latent layout; row i depends only on seeds[i] (drawn as the pipeline
+        draws it)."""
+        return self.family.initial_noise(seeds, height, width)
 
-        pipe = self.pipeline
-        channels = self.transformer.config.in_channels // 4
-        lh, lw = 2 * (height // (pipe.vae_scale_factor * 2)), 2 * (width // (pipe.vae_scale_factor * 2))
-        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
-        noise = randn_tensor(
-            (len(seeds), channels, lh, lw), generator=gens, device=self.device, dtype=self.dtype
-        )
-        return pipe._pack_latents(noise, len(seeds), channels, lh, lw).float()
+    # ------------------------------------------------------------------------------------- sampling
 
     @torch.no_grad()
     def sample(
@@ -429,14 +345,9 @@ class FlowPolicy:
     def decode(
         self, latents: torch.Tensor, height: int, width: int, batch_size: int = 8
     ) -> list[Image.Image]:
-        pipe = self.pipeline
         images: list[Image.Image] = []
         for start in range(0, latents.shape[0], batch_size):
-            part = latents[start : start + batch_size].to(self.device, pipe.vae.dtype)
-            unpacked = pipe._unpack_latents(part, height, width, pipe.vae_scale_factor)
-            unpacked = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-            pixels = pipe.vae.decode(unpacked, return_dict=False)[0]
-            images.extend(pipe.image_processor.postprocess(pixels, output_type="pil"))
+            images.extend(self.family.decode(latents[start : start + batch_size], height, width))
         return images
 
     # ------------------------------------------------------------------------------------------ LoRA
@@ -450,7 +361,12 @@ class FlowPolicy:
 
     def save_lora(self, folder: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """diffusers LoRA format: loaded by ``pipe.load_lora_weights`` and ``evalsuite run --lora``."""
-        save_transformer_lora(type(self.pipeline), folder, state_dict or self.lora_state_dict())
+        save_transformer_lora(
+            type(self.pipeline),
+            folder,
+            state_dict or self.lora_state_dict(),
+            transformer_lora_metadata(self.transformer),
+        )
 
     def load_lora(self, folder: str) -> None:
         """Restore adapter weights written by ``save_lora`` into the existing adapter (resume)."""

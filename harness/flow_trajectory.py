@@ -1,4 +1,4 @@
-"""What a FLUX flow rollout carries: its conditioning rows, the trajectory, and PromptLoop's refine request.
+"""What a flow rollout carries: its conditioning rows, the trajectory, and PromptLoop's refine request.
 
 Plain data shared by the flow policy (which fills them) and the Flow-GRPO trainer (which replays them).
 """
@@ -19,10 +19,10 @@ class Conditioning:
 
     prompt_embeds: torch.Tensor  # (B, L, D)
     pooled: torch.Tensor  # (B, P)
-    text_ids: torch.Tensor  # (L, 3)
-    img_ids: torch.Tensor  # (S [+ S_src], 3)
+    text_ids: torch.Tensor | None = None  # (L, 3) FLUX's text positions
+    img_ids: torch.Tensor | None = None  # (S [+ S_src], 3) FLUX's image positions
     guidance: torch.Tensor | None = None  # (B,) guidance embedding value, distilled models only
-    negative_embeds: torch.Tensor | None = None  # CFG branch, non-distilled models only
+    negative_embeds: torch.Tensor | None = None  # CFG branch (negative prompt), CFG models only
     negative_pooled: torch.Tensor | None = None
     cfg_scale: float = 1.0
     source_latents: torch.Tensor | None = None  # (B, S_src, C) packed Kontext source tokens
@@ -45,9 +45,10 @@ class Conditioning:
 @dataclass
 class Trajectory:
     """One batch of rollouts. ``latents[:, j]`` is the input of step j, ``latents[:, j + 1]`` its output
-    (fp32, packed); ``log_probs[:, j]`` is NaN on ODE steps. ``sigmas`` has num_steps + 1 entries."""
+    (fp32, in the family's latent layout); ``log_probs[:, j]`` is NaN on ODE steps. ``sigmas`` has
+    num_steps + 1 entries."""
 
-    latents: torch.Tensor  # (B, N + 1, S, C) float32
+    latents: torch.Tensor  # (B, N + 1, *latent shape) float32, e.g. FLUX (S, C), SD3 (C, h, w)
     log_probs: torch.Tensor  # (B, N) float32
     sigmas: torch.Tensor  # (N + 1,) float32
     sde_steps: list[int]

@@ -1,6 +1,6 @@
 """All LoRA plumbing of the three policies: adding, merging, switching off, fast decoding, saving, loading.
 
-The LM rewriter and the VL refiner are ``PeftModel``s (transformers + PEFT); the FLUX flow policy's
+The LM rewriter and the VL refiner are ``PeftModel``s (transformers + PEFT); the flow policy's
 transformer carries its adapter through diffusers' PEFT integration. In every case the reference policy
 of the KL term is the same weights with the adapter switched off, so no second copy is held.
 """
@@ -211,7 +211,7 @@ def _lean_forward(module: Any, adapter: bool) -> Any:
     return forward
 
 
-# ------------------------------------------------------------------ diffusers transformers (FLUX)
+# ------------------------------------------- diffusers transformers (FLUX, SD3, any flow family)
 
 
 def add_transformer_lora(transformer: Any, lora: FlowLoraSettings, *, seed: int = 0) -> None:
@@ -251,9 +251,26 @@ def transformer_lora_state_dict(transformer: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
 
 
-def save_transformer_lora(pipeline_type: type, folder: str, state_dict: dict[str, torch.Tensor]) -> None:
-    """diffusers LoRA format: loaded by ``pipe.load_lora_weights`` and ``evalsuite run --lora``."""
-    pipeline_type.save_lora_weights(folder, transformer_lora_layers=state_dict, safe_serialization=True)
+def transformer_lora_metadata(transformer: Any) -> dict[str, Any]:
+    """The adapter's PEFT config (rank, alpha, targets) as diffusers saves it next to the weights: without it
+    a loader assumes alpha == rank and renders an adapter with alpha != rank at the wrong strength."""
+    return transformer.peft_config["default"].to_dict()
+
+
+def save_transformer_lora(
+    pipeline_type: type,
+    folder: str,
+    state_dict: dict[str, torch.Tensor],
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """diffusers LoRA format (with the adapter's rank/alpha metadata): loaded by ``pipe.load_lora_weights``
+    and ``evalsuite run --lora``."""
+    pipeline_type.save_lora_weights(
+        folder,
+        transformer_lora_layers=state_dict,
+        transformer_lora_adapter_metadata=metadata,
+        safe_serialization=True,
+    )
 
 
 def load_transformer_lora(transformer: Any, folder: str) -> None:

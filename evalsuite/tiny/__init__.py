@@ -66,6 +66,13 @@ _SPECS = (
         writer_ref="flux:write_flux_kontext",
     ),
     TinySpec(
+        name="sd3",
+        model_id="stabilityai/stable-diffusion-3.5-medium",
+        description="StableDiffusion3Pipeline: MMDiT-X, CLIP-L + CLIP-G + T5 encoders, 16-ch 8x VAE, shift 3",
+        loaded_by=("diffusers.StableDiffusion3Pipeline",),
+        writer_ref="sd3:write_sd3",
+    ),
+    TinySpec(
         name="qwen2.5-vl",
         model_id="Qwen/Qwen2.5-VL-7B-Instruct",
         description="Qwen2.5-VL vision-language model + processor (Qwen special tokens, chat template)",

@@ -9,6 +9,7 @@ Everything else (widths, depths) is shrunk so a 64 px image renders in milliseco
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from diffusers import (
     AutoencoderKL,
@@ -26,6 +27,9 @@ __all__ = [
     "FLUX_SCHEDULER_CONFIG",
     "TINY_FLUX_TRANSFORMER",
     "build_flux_components",
+    "build_t5_encoder",
+    "build_vae",
+    "clip_text_config",
     "write_flux",
     "write_flux_kontext",
 ]
@@ -68,58 +72,11 @@ def build_flux_components(seed: int, name: str) -> dict[str, object]:
     with seeded(seed, name, "transformer"):
         transformer = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER)
     with seeded(seed, name, "text_encoder"):
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(clip_tokenizer),
-                hidden_size=_CLIP_HIDDEN,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                projection_dim=_CLIP_HIDDEN,
-                hidden_act="quick_gelu",
-                bos_token_id=clip_tokenizer.bos_token_id,
-                eos_token_id=clip_tokenizer.eos_token_id,
-                pad_token_id=clip_tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = CLIPTextModel(clip_text_config(clip_tokenizer, _CLIP_HIDDEN))
     with seeded(seed, name, "text_encoder_2"):
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(t5_tokenizer),
-                d_model=_T5_D_MODEL,
-                d_kv=8,
-                d_ff=64,
-                num_layers=1,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=32,
-                feed_forward_proj="gated-gelu",
-                tie_word_embeddings=False,  # as T5 v1.1 (saved by transformers 5 as scale_decoder_outputs)
-                pad_token_id=t5_tokenizer.pad_token_id,
-                eos_token_id=t5_tokenizer.eos_token_id,
-                decoder_start_token_id=t5_tokenizer.pad_token_id,
-            )
-        )
+        text_encoder_2 = build_t5_encoder(t5_tokenizer, _T5_D_MODEL)
     with seeded(seed, name, "vae"):
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 16, 16, 16),  # 4 levels -> 8x downsampling, as in FLUX's VAE
-            layers_per_block=1,
-            act_fn="silu",
-            latent_channels=16,
-            norm_num_groups=4,
-            sample_size=64,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-            force_upcast=True,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            mid_block_add_attention=True,
-        )
+        vae = build_vae(scaling_factor=0.3611, shift_factor=0.1159)
     scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
     return {
         "scheduler": scheduler,
@@ -130,6 +87,66 @@ def build_flux_components(seed: int, name: str) -> dict[str, object]:
         "tokenizer_2": t5_tokenizer,
         "transformer": transformer,
     }
+
+
+def clip_text_config(tokenizer: Any, hidden: int) -> CLIPTextConfig:
+    """A one-layer CLIP text tower of width ``hidden`` (projection of the same width) over ``tokenizer``."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_t5_encoder(tokenizer: Any, d_model: int) -> T5EncoderModel:
+    """A one-layer T5 v1.1 encoder (gated GELU, untied head) over ``tokenizer``'s vocabulary."""
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=32,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,  # as T5 v1.1 (saved by transformers 5 as scale_decoder_outputs)
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def build_vae(*, scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+    """A 16-channel, 4-level (8x) VAE without quant convs, like FLUX's and SD3's, with their scaling."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),  # 4 levels -> 8x downsampling, as in FLUX's and SD3's VAE
+        layers_per_block=1,
+        act_fn="silu",
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        force_upcast=True,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=True,
+    )
 
 
 def write_flux(folder: Path, seed: int) -> None:
