@@ -18,14 +18,14 @@ PIPELINE_COMMANDS = frozenset({"train"})
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from evalsuite.registry import registry
+    from evalsuite.registry import registry, singular
 
     entries = registry.check()
     if args.kind:
         entries = [e for e in entries if e.kind == args.kind]
     rows = [
         {
-            "kind": e.kind[:-1],
+            "kind": singular(e.kind),
             "name": e.name,
             "source": e.source,
             "license": _license_terms(e.kind, e.load()) if e.error is None else "",

@@ -79,6 +79,11 @@ BUILTINS: dict[Kind, dict[str, str]] = {
 log = logging.getLogger(__name__)
 
 
+def singular(kind: str) -> str:
+    """One of a kind, for messages and listings: rewards → reward, flow_families → flow_family."""
+    return kind[:-3] + "y" if kind.endswith("ies") else kind.removesuffix("s")
+
+
 @dataclass
 class Entry:
     """One registered name. ``source`` is ``built-in``, ``runtime`` or ``<distribution> <version>``."""
@@ -110,7 +115,7 @@ class Entry:
         return obj
 
     def _broken(self) -> str:
-        return f"{self.kind[:-1]} {self.name!r} from {self.source} is broken: {self.error}"
+        return f"{singular(self.kind)} {self.name!r} from {self.source} is broken: {self.error}"
 
     @property
     def target_name(self) -> str:
@@ -168,7 +173,7 @@ class Registry:
                 existing = self._entries[kind].get(ep.name)
                 if existing is not None and existing.source != source:
                     self.conflicts.append(
-                        f"{kind[:-1]} {ep.name!r} from {source} ignored: "
+                        f"{singular(kind)} {ep.name!r} from {source} ignored: "
                         f"already provided by {existing.source}"
                     )
                     continue
@@ -189,7 +194,7 @@ class Registry:
             return self._entries[kind][name]
         except KeyError:
             known = ", ".join(sorted(self._entries[kind])) or "none"
-            raise UnknownNameError(f"no {kind[:-1]} named {name!r}; registered: {known}") from None
+            raise UnknownNameError(f"no {singular(kind)} named {name!r}; registered: {known}") from None
 
     def get(self, kind: Kind, name: str) -> Any:
         return self.entry(kind, name).load()

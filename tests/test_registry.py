@@ -166,3 +166,13 @@ def test_plugin_reward_passes_the_shared_tester(plugin_site, monkeypatch, check)
 
     spec = RewardSpec("redness (plugin)", lambda **kw: factory(**kw), _mixed_samples, reference, atol=1e-12)
     CHECKS[check](spec)
+
+
+def test_kinds_read_as_words_in_messages():
+    from evalsuite.registry import KINDS, singular
+
+    words = [singular(k) for k in ("rewards", "flow_families", "scorers")]
+    assert words == ["reward", "flow_family", "scorer"]
+    assert all(singular(k) and not singular(k).endswith("s") for k in KINDS)
+    with pytest.raises(UnknownNameError, match="no flow_family named 'nope'"):
+        registry.get("flow_families", "nope")
