@@ -24,19 +24,12 @@ from evalsuite.rewards.unifiedreward import UnifiedReward, UnifiedRewardPairwise
 from evalsuite.rewards.unifiedreward_rules import FLOW_GRPO_POINT_PROMPT, POINT_PROMPT, THINK_PAIR_PROMPT
 from tests.reward_tester import CHECKS, RewardSpec
 from tests.test_judges import FakeChatServer, completion, decode_images, status
+from tests.test_reward_promptecho import _one_thread  # noqa: F401  (autouse: one CPU thread for tiny models)
 
 POINT_PHRASES = [(f"Final Score: {k}", f"Final Score: {k}.0") for k in range(1, 6)]
 PAIR_PHRASES = [("<answer>Image 1 is better.</answer>", "<answer>Image 2 is better.</answer>"),
                 ("<answer>either</answer>", "I cannot tell.")]  # both unreadable: Pref-GRPO counts a tie
 NEW_TOKENS = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _scripted_checkpoint(base, out, phrases, template, calibration, caption, seed):
