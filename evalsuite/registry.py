@@ -45,6 +45,8 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "t2i_compbench_detection": "evalsuite.rewards.compbench_detection:CompBenchDetection",
         "hpsv2": "evalsuite.rewards.hpsv2:HPSv2",
         "aesthetic": "evalsuite.rewards.aesthetic:LAIONAesthetic",
+        "unifiedreward": "evalsuite.rewards.unifiedreward:UnifiedReward",
+        "unifiedreward_pairwise": "evalsuite.rewards.unifiedreward:UnifiedRewardPairwise",
     },
     "benchmarks": {
         "geneval": "evalsuite.benchmarks.geneval:GenEval",
