@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -196,42 +196,37 @@ class TIIFBench(Benchmark):
 
     # -- scoring ------------------------------------------------------------------------------------
     def score(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
-        workers = max(1, min(int(getattr(self.judge, "max_concurrency", 1)), len(samples)))
-        if workers == 1:
-            return [self._score_one(s) for s in samples]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(self._score_one, samples))
+        replies = self.judge.ask_all([partial(self._request, s) for s in samples])  # concurrent for APIs
+        return [self._record(s, r) for s, r in zip(samples, replies)]
 
-    def _score_one(self, sample: Sample) -> dict[str, Any]:
+    def template_index(self, sample: Sample) -> int:
+        return rules.choose_template(len(self.templates), sample.seed if sample.seed is not None else 0)
+
+    def _request(self, sample: Sample) -> tuple[Any, str, Any]:
+        """(image, instruction, parse) for the judge; raises on a bad image or record."""
+        questions = list(sample.metadata["questions"])
+        text = rules.format_instruction(self.templates[self.template_index(sample)], questions)
+        return to_rgb(sample.image, sample.id), text, lambda raw: rules.parse_reply(raw, len(questions))
+
+    def _record(self, sample: Sample, reply: Any) -> dict[str, Any]:
         meta = sample.metadata
+        gold = list(meta.get("answers") or [])
         record: dict[str, Any] = {
             "score": None,
             "dimension": meta.get("dimension"),
-            "n_questions": None,
+            "n_questions": len(gold),
             "n_correct": None,
             "preds": None,
-            "template": None,
-            "attempts": 0,
-            "raw": None,
+            "template": self.template_index(sample),
+            "attempts": reply.attempts,
+            "raw": reply.raw,
             "error": None,
         }
-        try:
-            questions, gold = list(meta["questions"]), list(meta["answers"])
-            k = rules.choose_template(len(self.templates), sample.seed if sample.seed is not None else 0)
-            text = rules.format_instruction(self.templates[k], questions)
-            image = to_rgb(sample.image, sample.id)
-            reply = self.judge.ask(image, text, lambda raw: rules.parse_reply(raw, len(questions)))
-        except Exception as e:
-            record["error"] = f"sample {sample.id!r}: {type(e).__name__}: {e}"
-            return record
-        record.update(template=k, attempts=reply.attempts, raw=reply.raw, n_questions=len(questions))
         if reply.value is None:
-            record["error"] = (
-                f"sample {sample.id!r}: judge failed after {reply.attempts} attempt(s): {reply.error}"
-            )
+            record["error"] = f"sample {sample.id!r}: {reply.failure}"
             return record
         correct = rules.count_correct(gold, reply.value)
-        record.update(score=correct / len(questions), preds=reply.value, n_correct=correct)
+        record.update(score=correct / len(gold), preds=reply.value, n_correct=correct)
         return record
 
     # -- aggregation --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -171,13 +171,19 @@ class UniGenBench(Benchmark):
 
     # -- scoring ------------------------------------------------------------------------------------
     def score(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
-        workers = max(1, min(int(getattr(self.judge, "max_concurrency", 1)), len(samples)))
-        if workers == 1:
-            return [self._score_one(s) for s in samples]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(self._score_one, samples))
+        replies = self.judge.ask_all([partial(self._request, s) for s in samples])  # concurrent for APIs
+        return [self._record(s, r) for s, r in zip(samples, replies)]
 
-    def _score_one(self, sample: Sample) -> dict[str, Any]:
+    def _request(self, sample: Sample) -> tuple[Any, str, Any]:
+        """(image, instruction, parse) for the judge; raises on a bad image or record."""
+        points = list(sample.metadata.get("testpoints") or [])
+        if not points:
+            raise ValueError("no checkpoints in its metadata")
+        descs = list(sample.metadata.get("descriptions") or [])
+        text = rules.build_instruction(sample.prompt, points, descs, self.language)
+        return to_rgb(sample.image, sample.id), text, lambda raw: rules.parse_reply(raw, len(points))
+
+    def _record(self, sample: Sample, reply: Any) -> dict[str, Any]:
         points = list(sample.metadata.get("testpoints") or [])
         record: dict[str, Any] = {
             "score": None,
@@ -186,26 +192,13 @@ class UniGenBench(Benchmark):
             "scores": None,
             "n_checkpoints": len(points),
             "n_correct": None,
-            "attempts": 0,
+            "attempts": reply.attempts,
             "left_out": None,
-            "raw": None,
+            "raw": reply.raw,
             "error": None,
         }
-        try:
-            if not points:
-                raise ValueError("no checkpoints in its metadata")
-            descs = list(sample.metadata.get("descriptions") or [])
-            text = rules.build_instruction(sample.prompt, points, descs, self.language)
-            image = to_rgb(sample.image, sample.id)
-            reply = self.judge.ask(image, text, lambda raw: rules.parse_reply(raw, len(points)))
-        except Exception as e:
-            record["error"] = f"sample {sample.id!r}: {type(e).__name__}: {e}"
-            return record
-        record.update(attempts=reply.attempts, raw=reply.raw)
         if reply.value is None:  # upstream: result_json null, the row is skipped
-            record["error"] = (
-                f"sample {sample.id!r}: judge failed after {reply.attempts} attempt(s): {reply.error}"
-            )
+            record["error"] = f"sample {sample.id!r}: {reply.failure}"
             return record
         analysis, scores = reply.value
         if not rules.survives_official_roundtrip(sample.prompt, points, analysis, scores):

@@ -7,8 +7,10 @@ Registered as scorer ``vlm_chat``; benchmarks get one with ``get_scorer("vlm_cha
   ``Retry-After``, the key from the environment); only the message layout and the answer check differ.
 - ``"local"`` -> ``LocalQwenChat``: a Qwen-VL model through transformers (``AutoModelForImageTextToText``:
   Qwen2.5-VL and Qwen3-VL, e.g. UniGenBench's released judges), greedy decoding.
-- a callable ``fn(image, text) -> str`` (tests, custom judges), or an object with ``ask``.
+- a callable ``fn(image, text) -> str`` (tests, custom judges), or an object with ``ask_all``.
 
+``ask_all(requests)`` runs ``ask`` for each request (a callable building ``(image, text, parse)``; one
+that raises becomes that request's failed reply), concurrently up to the judge's ``max_concurrency``.
 ``ask(image, text, parse)`` sends the image and the instruction, reads the reply with the benchmark's
 ``parse`` (which raises ``ValueError`` on an unusable reply) and returns a ``ChatReply``. Unusable replies and
 transient HTTP failures are retried with a fresh request (a sampling judge answers differently); a greedy
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +35,7 @@ from evalsuite.rewards.judge_protocol import RAW_KEEP, encode_image
 from evalsuite.rewards.judges import OpenAIJudge, _FatalError, _RetryableError
 
 Parse = Callable[[str], Any]
+Request = Callable[[], tuple[Image.Image, str, Parse]]  # builds (image, instruction, parse); may raise
 
 
 @dataclass
@@ -48,8 +52,48 @@ class ChatReply:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def failure(self) -> str | None:
+        """Why there is no value (a request that failed before reaching the judge has 0 attempts)."""
+        if self.ok:
+            return None
+        return (
+            self.error
+            if self.attempts == 0
+            else f"judge failed after {self.attempts} attempt(s): {self.error}"
+        )
 
-class OpenAIChat(OpenAIJudge):
+
+def parse_once(raw: str, parse: Parse) -> ChatReply:
+    """One attempt's reply, parsed (an unusable reply is a failed ``ChatReply``, not an exception)."""
+    try:
+        return ChatReply(parse(raw), raw[:RAW_KEEP])
+    except ValueError as e:
+        msg = f"unusable reply: {e}"
+        return ChatReply(None, raw[:RAW_KEEP], 1, msg, [msg])
+
+
+class AskAll:
+    """``ask_all``: many requests, up to ``max_concurrency`` at once, one failed reply per failing request."""
+
+    def ask(self, image: Image.Image, text: str, parse: Parse) -> ChatReply:
+        raise NotImplementedError
+
+    def _ask_request(self, request: Request) -> ChatReply:
+        try:
+            return self.ask(*request())
+        except Exception as e:  # a bad image or record, or a judge crash: this request only
+            return ChatReply(None, "", 0, f"{type(e).__name__}: {e}", [])
+
+    def ask_all(self, requests: Sequence[Request]) -> list[ChatReply]:
+        workers = max(1, min(int(getattr(self, "max_concurrency", 1)), len(requests)))
+        if workers == 1:
+            return [self._ask_request(r) for r in requests]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(self._ask_request, requests))
+
+
+class OpenAIChat(AskAll, OpenAIJudge):
     """One image + one instruction through an OpenAI-compatible endpoint (the ``OpenAIJudge`` client).
 
     ``system``: an optional system message; ``image_first``: the image part before the text part (the
@@ -121,7 +165,7 @@ class OpenAIChat(OpenAIJudge):
         return ChatReply(None, raw[:RAW_KEEP], len(errors), errors[-1], errors)
 
 
-class LocalQwenChat(LocalQwenJudge):
+class LocalQwenChat(AskAll, LocalQwenJudge):
     """A local Qwen-VL judge (transformers, greedy): the image and the instruction as one user turn.
 
     ``image_first`` puts the image before the text (UniGenBench's vLLM route does). Loads any
@@ -182,15 +226,10 @@ class LocalQwenChat(LocalQwenJudge):
             )
 
     def ask(self, image: Image.Image, text: str, parse: Parse) -> ChatReply:
-        raw = self.complete(image, text)
-        try:
-            return ChatReply(parse(raw), raw[:RAW_KEEP])
-        except ValueError as e:  # greedy: a retry would give the same reply
-            msg = f"unusable reply: {e}"
-            return ChatReply(None, raw[:RAW_KEEP], 1, msg, [msg])
+        return parse_once(self.complete(image, text), parse)  # greedy: a retry would repeat the reply
 
 
-class CallableChat:
+class CallableChat(AskAll):
     """Wraps ``fn(image, text) -> str`` as a judge (parsed once; a custom judge retries itself)."""
 
     max_concurrency = 1
@@ -204,17 +243,12 @@ class CallableChat:
         return {"judge": self.name, "model": self.model}
 
     def ask(self, image: Image.Image, text: str, parse: Parse) -> ChatReply:
-        raw = str(self.fn(image, text))
-        try:
-            return ChatReply(parse(raw), raw[:RAW_KEEP])
-        except ValueError as e:
-            msg = f"unusable reply: {e}"
-            return ChatReply(None, raw[:RAW_KEEP], 1, msg, [msg])
+        return parse_once(str(self.fn(image, text)), parse)
 
 
 def make_chat(spec: Any, model: str | None = None, **options: Any) -> Any:
-    """A judge from ``spec``: an http(s) URL, ``"local"``, a callable, or an object with ``ask``."""
-    if hasattr(spec, "ask"):
+    """A judge from ``spec``: an http(s) URL, ``"local"``, a callable, or an object with ``ask_all``."""
+    if hasattr(spec, "ask_all"):
         return spec
     if isinstance(spec, str) and spec == "local":
         return LocalQwenChat(model, **options)
