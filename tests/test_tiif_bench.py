@@ -19,6 +19,7 @@ from evalsuite.benchmarks.tiif_bench import TIIFBench, file_paths
 from evalsuite.data_files import BY_KEY
 from evalsuite.images import ImageFailure
 from tests.test_judges import FakeChatServer, completion
+from tests.test_unigenbench import run_tiny
 
 # Synthetic records in the upstream format: {dim: [(prompt record, eval record), ...]}.
 DATA = {
@@ -280,40 +281,9 @@ def test_api_judge_request_and_retry(server, root):
 
 
 def test_end_to_end_tiny_flux_and_api_judge(tiny_dir, server, root, tmp_path):
-    from evalsuite.cli import main
-
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "run",
-                "--bench",
-                "tiif_bench",
-                "--model",
-                str(tiny_dir / "flux"),
-                "--steps",
-                "2",
-                "--height",
-                "32",
-                "--width",
-                "32",
-                "--limit",
-                "3",
-                "--no-leaderboard",
-                "--device",
-                "cpu",
-                "--output-dir",
-                str(run),
-                "--option",
-                f"data_root={root}",
-                "--option",
-                "length=long",
-                "--option",
-                f"judge={server.url}",
-            ]
-        )
-        == 0
-    )
+    run_tiny("tiif_bench", tiny_dir, run, 3, "--option", f"data_root={root}", "--option", "length=long",
+             "--option", f"judge={server.url}")
     res = json.loads((run / "results.json").read_text())
     assert res["n_images"] == 3 and res["summary"]["n_failed"] == 0
     assert (run / "text/evalsuite/long_description/0.png").is_file()

@@ -288,6 +288,15 @@ def answer_checkpoints(body: dict):
     return completion(reply([1 - i % 2 for i in range(len(points))]))
 
 
+def run_tiny(bench: str, tiny_dir: Path, run: Path, limit: int, *extra: str) -> None:
+    """``evalsuite run`` of ``bench`` on the tiny FLUX (2 steps, 32 px), offline, into ``run``."""
+    from evalsuite.cli import main
+
+    assert main(["run", "--bench", bench, "--model", str(tiny_dir / "flux"), "--steps", "2", "--height", "32",
+                 "--width", "32", "--limit", str(limit), "--no-leaderboard", "--device", "cpu",
+                 "--output-dir", str(run), *extra]) == 0
+
+
 @pytest.fixture
 def server():
     s = FakeChatServer(fallback=answer_checkpoints)
@@ -314,40 +323,9 @@ def test_api_judge_request_and_retry(server, synthetic):
 
 
 def test_end_to_end_tiny_flux_and_api_judge(tiny_dir, data_dir, server, tmp_path):
-    from evalsuite.cli import main
-
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "run",
-                "--bench",
-                "unigenbench",
-                "--model",
-                str(tiny_dir / "flux"),
-                "--steps",
-                "2",
-                "--height",
-                "32",
-                "--width",
-                "32",
-                "--limit",
-                "2",
-                "--no-leaderboard",
-                "--device",
-                "cpu",
-                "--data-dir",
-                str(data_dir),
-                "--output-dir",
-                str(run),
-                "--option",
-                "length=long",
-                "--option",
-                f"judge={server.url}",
-            ]
-        )
-        == 0
-    )
+    run_tiny("unigenbench", tiny_dir, run, 2, "--data-dir", str(data_dir), "--option", "length=long",
+             "--option", f"judge={server.url}")
     res = json.loads((run / "results.json").read_text())
     manifest = json.loads((run / "manifest.json").read_text())
     assert res["n_images"] == 8 and res["summary"]["n_failed"] == 0
