@@ -55,6 +55,8 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "dpg_bench": "evalsuite.benchmarks.dpg_bench:DPGBench",
         "geneval2": "evalsuite.benchmarks.geneval2:GenEval2",
         "drawbench": "evalsuite.benchmarks.drawbench:DrawBench",
+        "unigenbench": "evalsuite.benchmarks.unigenbench:UniGenBench",
+        "tiif_bench": "evalsuite.benchmarks.tiif_bench:TIIFBench",
     },
     "generators": {
         "diffusers": "evalsuite.generator:DiffusersGenerator",
@@ -75,6 +77,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "vqa": "evalsuite.rewards.vqa:get_vqa",
         "soft_vqa": "evalsuite.rewards.soft_vqa:get_soft_vqa",
         "judge": "evalsuite.rewards.judges:make_judge",
+        "vlm_chat": "evalsuite.rewards.vlm_chat:make_chat",
     },
 }
 
