@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from evalsuite.sample import Sample
-from evalsuite.seeding import derive_seed
+from evalsuite.seeding import sample_seed
 
 _UNSAFE = str.maketrans({c: "_" for c in '/\\:*?"<>|\0'})
 
@@ -76,16 +76,18 @@ class Benchmark(ABC):
         del out_dir, records
 
     def samples(
-        self, records: Sequence[PromptRecord], *, base_seed: int = 0, images_per_prompt: int | None = None
+        self, records: Sequence[PromptRecord], *, base_seed: int = 0, images_per_prompt: int | None = None,
+        seed_rule: str = "derived",
     ) -> list[Sample]:
-        """Empty samples (no image yet) with seeds derived per (prompt id, image index)."""
+        """Empty samples (no image yet), seeded per (prompt, image index) by ``seed_rule``
+        (``evalsuite.seeding.SEED_RULES``: derived from the prompt id, or a protocol's rule)."""
         n = images_per_prompt or self.images_per_prompt
         return [
             Sample(
                 id=f"{r.id}/{k}",
                 prompt=r.prompt,
                 metadata=dict(r.metadata),
-                seed=derive_seed(base_seed, r.id, k),
+                seed=sample_seed(seed_rule, base_seed, r.id, r.prompt, k),
                 group=r.id,
             )
             for r in records

@@ -84,33 +84,24 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from evalsuite.runner import parse_options, run
 
-    result = run(
-        args.bench,
-        args.model,
-        output_dir=args.output_dir,
-        lora=args.lora,
-        revision=args.revision,
-        images_per_prompt=args.images_per_prompt,
-        limit=args.limit,
-        height=args.height,
-        width=args.width,
-        rewriter=args.rewriter,
-        steps=args.steps,
-        guidance=args.guidance,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        score_batch_size=args.score_batch_size,
-        data_dir=args.data_dir,
-        device=args.device,
-        dtype=args.dtype,
-        options=parse_options(args.option),
-        leaderboard=None if args.no_leaderboard else args.leaderboard,
-    )
+    same_name = ("output_dir", "lora", "revision", "images_per_prompt", "limit", "height", "width",
+                 "rewriter", "steps", "guidance", "negative_prompt", "seed", "batch_size", "score_batch_size",
+                 "data_dir", "device", "dtype", "protocol")
+    result = run(args.bench, args.model, **{k: getattr(args, k) for k in same_name},
+                 options=parse_options(args.option),
+                 leaderboard=None if args.no_leaderboard else args.leaderboard)
     if result is not None:
         for key, value in result.summary.items():
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
         print(f"outputs: {result.out_dir}  (report: {result.out_dir / 'report.html'})")
+    return 0
+
+
+def _cmd_protocols(args: argparse.Namespace) -> int:
+    from evalsuite.protocols import PROTOCOLS, describe_protocols
+
+    records = [p.record() for p in PROTOCOLS.values()]
+    print(json.dumps(records, indent=2) if args.json else describe_protocols())
     return 0
 
 
@@ -339,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps")
     p.add_argument("--guidance", type=float, help="guidance scale (FLUX: distilled guidance)")
     p.add_argument("--negative-prompt")
-    p.add_argument("--seed", type=int, default=0, help="base seed; each (prompt, image) derives its own")
+    p.add_argument("--seed", type=int,
+                   help="base seed (default: the protocol's, else 0); each (prompt, image) derives its own")
+    p.add_argument("--protocol", help="a pinned generation preset (`evalsuite protocols`); a flag that "
+                   "contradicts it is an error")
     p.add_argument("--batch-size", type=int, default=4, help="generation batch size")
     p.add_argument("--score-batch-size", type=int, default=16)
     p.add_argument("--data-dir", help="local copies of the benchmark files (else EVALSUITE_DATA_DIR / cache)")
@@ -358,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leaderboard", default="leaderboards", help="leaderboard directory to add this run to")
     p.add_argument("--no-leaderboard", action="store_true")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("protocols", help="the pinned generation presets of `run --protocol`, with sources")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_protocols)
 
     p = sub.add_parser(
         "score",

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evalsuite.benchmark import Benchmark
 from evalsuite.errors import ConfigError
@@ -30,6 +30,9 @@ from evalsuite.progress import progress
 from evalsuite.run_lock import run_lock
 from evalsuite.sample import Sample
 from evalsuite.store import JsonlLog, atomic_save_image
+
+if TYPE_CHECKING:
+    from evalsuite.protocols import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,15 @@ def evaluate(
     rank: int | None = None,
     world_size: int | None = None,
     run_info: dict[str, Any] | None = None,
+    protocol: Protocol | None = None,
 ) -> RunResult | None:
     """Run ``benchmark`` end to end into ``out_dir``; returns the result on rank 0 (None elsewhere).
 
     Images come from ``generator`` (written in the benchmark's layout under ``out_dir``) or, to score
     images made elsewhere, from ``images_dir`` in the same layout. A ``rewriter`` (anything with
     ``rewrite(prompts, seed) -> list[str]``, e.g. a trained RePrompt policy) rewrites each prompt before it
-    is rendered; the image is still scored against the original prompt, and the table shows both.
+    is rendered; the image is still scored against the original prompt, and the table shows both. A
+    ``protocol`` (``evalsuite.protocols.Protocol``) sets the seed rule and joins the fingerprint.
     """
     if (generator is None) == (images_dir is None):
         raise ConfigError("evaluate() needs exactly one of generator (to render) or images_dir (to score)")
@@ -83,7 +88,8 @@ def evaluate(
     records = benchmark.prompts(None if data_dir is None else str(data_dir))
     if limit is not None:
         records = records[:limit]
-    samples = benchmark.samples(records, base_seed=seed, images_per_prompt=images_per_prompt)
+    seed_rule = {} if protocol is None else {"seed_rule": protocol.seed_rule}
+    samples = benchmark.samples(records, base_seed=seed, images_per_prompt=images_per_prompt, **seed_rule)
 
     fingerprint = {
         "benchmark": benchmark.describe(),
@@ -98,6 +104,8 @@ def evaluate(
         "gen_batch_size": gen_batch_size,
         "score_batch_size": score_batch_size,
     }
+    if protocol is not None:  # only then: folders made before protocols existed keep their fingerprint
+        fingerprint["protocol"] = protocol.record()
     with run_lock(out, rank):
         _check_or_write_manifest(out, fingerprint, run_info or {}, rank)
         redo: set[str] = set()

@@ -84,6 +84,7 @@ class DiffusersGenerator(Generator):
         batch_size: int = 4,
         negative_prompt: str | None = None,
         call_kwargs: dict[str, Any] | None = None,
+        noise_device: str | None = None,
         progress: bool = False,
     ) -> None:
         self.pipeline = pipeline
@@ -96,6 +97,9 @@ class DiffusersGenerator(Generator):
         self.batch_size = batch_size
         self.negative_prompt = negative_prompt
         self.call_kwargs = dict(call_kwargs or {})
+        # Where each request's torch.Generator lives (None: the pipeline's device). The same seed gives other
+        # noise on a CPU and a CUDA generator, so a protocol that pins "cpu" (GenEval 2) matches its source.
+        self.noise_device = noise_device
         self.lora: str | None = None
         self._params = set(inspect.signature(pipeline.__call__).parameters)
         if hasattr(pipeline, "set_progress_bar_config"):
@@ -150,6 +154,8 @@ class DiffusersGenerator(Generator):
             "width": self.width,
             "negative_prompt": self.negative_prompt,
             "call_kwargs": self.call_kwargs,
+            # only when pinned: older run folders' fingerprints have no such key
+            **({"noise_device": self.noise_device} if self.noise_device is not None else {}),
         }
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
@@ -168,7 +174,7 @@ class DiffusersGenerator(Generator):
         return out  # type: ignore[return-value]
 
     def _call(self, reqs: list[GenerationRequest], height: int, width: int, edit: bool) -> list[Image.Image]:
-        gen_device = "cpu" if self.device.type == "mps" else self.device
+        gen_device = self.noise_device or ("cpu" if self.device.type == "mps" else self.device)
         kwargs: dict[str, Any] = {
             "prompt": [r.prompt for r in reqs],
             "height": height,

@@ -56,6 +56,21 @@ def _accepted(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def _check_follows(protocol: Any, bench: str, generator: Any, benchmark: Any) -> None:
+    """The pipeline and benchmark can follow ``protocol`` (an error if not); a warning if they are not
+    what it was made for."""
+    pipeline = type(generator.pipeline).__name__
+    takes = inspect.signature(generator.pipeline.__call__).parameters
+    missing = sorted(set(protocol.call_kwargs()) - set(takes))
+    if missing:
+        raise ConfigError(f"--protocol {protocol.name}: {pipeline} takes no {', '.join(missing)} argument, "
+                          f"so it cannot follow the protocol (meant for {protocol.pipeline})")
+    if protocol.seed_rule != "derived" and "seed_rule" not in inspect.signature(benchmark.samples).parameters:
+        raise ConfigError(f"--protocol {protocol.name}: benchmark {bench} overrides samples() without a "
+                          f"seed_rule parameter, so it cannot seed images by the rule {protocol.seed_rule!r}")
+    protocol.warn_if_not_meant_for(bench, pipeline)
+
+
 def run(
     bench: str,
     model: str,
@@ -71,7 +86,7 @@ def run(
     steps: int | None = None,
     guidance: float | None = None,
     negative_prompt: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     batch_size: int = 4,
     score_batch_size: int = 16,
     data_dir: str | None = None,
@@ -79,10 +94,23 @@ def run(
     dtype: str | None = None,
     options: dict[str, Any] | None = None,
     leaderboard: str | None = "leaderboards",
+    protocol: str | None = None,
 ) -> RunResult | None:
+    """``evalsuite run``. A ``protocol`` (``evalsuite.protocols``) pins the generation settings; a setting
+    given here that contradicts it is an error. ``seed`` defaults to the protocol's base seed, else 0."""
     from evalsuite.generator import DiffusersGenerator
     from evalsuite.registry import registry
 
+    pinned = None
+    if protocol is not None:
+        from evalsuite.protocols import get_protocol
+
+        pinned = get_protocol(protocol)
+        pinned.check_flags(height=height, width=width, steps=steps, guidance=guidance,
+                           negative_prompt=negative_prompt, images_per_prompt=images_per_prompt, seed=seed)
+        images_per_prompt = images_per_prompt or pinned.images_per_prompt
+        seed = pinned.base_seed if seed is None else seed
+    seed = 0 if seed is None else seed
     device = device or default_device()
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     factory = registry.get("benchmarks", bench)
@@ -94,17 +122,22 @@ def run(
 
     kind = model_kind(model)
     model_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name)
-    out = Path(output_dir or Path("runs") / f"{bench}-{model_name}-s{seed}")
+    tag = f"-{protocol}" if protocol else ""
+    out = Path(output_dir or Path("runs") / f"{bench}-{model_name}{tag}-s{seed}")
     generator = None
     if kind == "pipeline":
         settings = {k: v for k, v in {
             "num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width,
             "negative_prompt": negative_prompt}.items() if v is not None}
+        if pinned is not None:
+            settings = pinned.generator_settings()
         generator = DiffusersGenerator.from_pretrained(
             model, device=device, dtype=dtype, revision=revision, lora=lora, batch_size=batch_size,
             progress=False, **settings)
-    elif lora is not None or rewriter is not None:
-        raise ConfigError("--lora and --rewriter need a pipeline (--model ID_OR_PIPELINE_DIR), "
+        if pinned is not None:
+            _check_follows(pinned, bench, generator, benchmark)
+    elif lora is not None or rewriter is not None or pinned is not None:
+        raise ConfigError("--lora, --rewriter and --protocol need a pipeline (--model ID_OR_PIPELINE_DIR), "
                           "not a folder of images")
     prompt_rewriter = None
     if rewriter is not None:
@@ -117,7 +150,8 @@ def run(
         score_batch_size=score_batch_size, data_dir=data_dir, rewriter=prompt_rewriter,
         run_info={"command": {"bench": bench, "model": model, "lora": lora, "rewriter": rewriter,
                               "options": options or {},
-                              "device": device, "dtype": dtype}},
+                              "device": device, "dtype": dtype, "protocol": protocol}},
+        protocol=pinned,
     )
     rank, _ = distributed_rank()
     if result is not None and leaderboard and rank == 0:
