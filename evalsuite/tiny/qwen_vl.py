@@ -1,41 +1,65 @@
-"""Tiny Qwen2.5-VL-7B-Instruct: ``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``.
+"""Tiny Qwen2.5-VL-7B-Instruct and Qwen2-VL-7B-Instruct: ``*ForConditionalGeneration`` + processor.
 
-The vision tower keeps the real patch geometry (14 px patches, 2x2 spatial merge, temporal patch 2, windowed
-attention) and the processor keeps the real pixel budget, so the number of image tokens for a given image size
-is what production sees; the language model keeps M-RoPE and Qwen's special-token layout.
+The vision towers keep the real patch geometry (14 px patches, 2x2 spatial merge, temporal patch 2;
+Qwen2.5-VL's windowed attention) and the processors keep the real pixel budget, so the number of image
+tokens for a given image size is what production sees; the language models keep M-RoPE and Qwen's
+special-token layout. The two releases share tokenizer, chat template, processor settings and generation
+config; only the towers differ.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transformers import (
     GenerationConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
 )
 
 from ._common import seeded
 from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
 
-__all__ = ["write_qwen2_5_vl"]
+__all__ = ["write_qwen2_5_vl", "write_qwen2_vl"]
 
 _HIDDEN = 32
 _HEADS = 2  # head_dim 16 -> 8 rotary frequencies, split over (temporal, height, width) by mrope_section
 _MROPE_SECTION = [2, 3, 3]
-# Qwen2.5-VL-7B-Instruct preprocessor_config.json pixel budget (min 4 merged patches, max 16384).
+# Qwen2-VL / Qwen2.5-VL-7B-Instruct preprocessor_config.json pixel budget (min 4 merged patches, max 16384).
 _MIN_PIXELS = 3136
 _MAX_PIXELS = 12845056
 
 
 def write_qwen2_5_vl(folder: Path, seed: int) -> None:
     """Tiny ``Qwen/Qwen2.5-VL-7B-Instruct``: ``AutoProcessor`` / ``Qwen2_5_VLForConditionalGeneration``."""
-    # Like the real repo, tokenizer and processor carry the same (VL) chat template.
+    vision = {"depth": 2, "hidden_size": _HIDDEN, "intermediate_size": 64, "num_heads": 2,
+              "out_hidden_size": _HIDDEN, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+              "window_size": 112, "fullatt_block_indexes": [1], "tokens_per_second": 2}
+    _write(folder, seed, "qwen2.5-vl", Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+           Qwen2_5_VLProcessor, vision)
+
+
+def write_qwen2_vl(folder: Path, seed: int) -> None:
+    """Tiny ``Qwen/Qwen2-VL-7B-Instruct``: ``AutoProcessor`` / ``Qwen2VLForConditionalGeneration`` (the
+    Qwen2-VL tower: LayerNorm, QuickGELU MLP, full attention; ``hidden_size`` is the merger's output)."""
+    vision = {"depth": 2, "embed_dim": _HIDDEN, "hidden_size": _HIDDEN, "mlp_ratio": 2, "num_heads": 2,
+              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    _write(folder, seed, "qwen2-vl", Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision)
+
+
+def _write(folder: Path, seed: int, stream: str, config_cls: Any, model_cls: Any, processor_cls: Any,
+           vision_config: dict[str, Any]) -> None:
+    """Tokenizer, config, seeded weights, generation config and processor shared by both releases."""
+    # Like the real repos, tokenizer and processor carry the same (VL) chat template.
     tokenizer = build_qwen2_tokenizer(chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
-    config = Qwen2_5_VLConfig(
+    config = config_cls(
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": _HIDDEN,
@@ -50,27 +74,15 @@ def write_qwen2_5_vl(folder: Path, seed: int) -> None:
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },
-        vision_config={
-            "depth": 2,
-            "hidden_size": _HIDDEN,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": _HIDDEN,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [1],
-            "tokens_per_second": 2,
-        },
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    with seeded(seed, "qwen2.5-vl", "model"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
+    with seeded(seed, stream, "model"):
+        model = model_cls(config)
     # Mirrors the real generation_config.json (near-greedy sampling; stop on <|im_end|> or <|endoftext|>).
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
@@ -89,7 +101,7 @@ def write_qwen2_5_vl(folder: Path, seed: int) -> None:
     from transformers import Qwen2VLVideoProcessor
 
     image_processor = Qwen2VLImageProcessorPil(min_pixels=_MIN_PIXELS, max_pixels=_MAX_PIXELS)
-    processor = Qwen2_5_VLProcessor(
+    processor = processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(min_pixels=_MIN_PIXELS, max_pixels=_MAX_PIXELS),
