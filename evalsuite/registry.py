@@ -42,6 +42,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "t2i_compbench_detection": "evalsuite.rewards.compbench_detection:CompBenchDetection",
         "hpsv2": "evalsuite.rewards.hpsv2:HPSv2",
         "aesthetic": "evalsuite.rewards.aesthetic:LAIONAesthetic",
+        "hpsv3": "evalsuite.rewards.hpsv3:HPSv3",
     },
     "benchmarks": {
         "geneval": "evalsuite.benchmarks.geneval:GenEval",
