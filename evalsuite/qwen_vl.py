@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,35 @@ def reward_backbone(model_class: str, base_model: str, base_revision: str | None
         backbone = getattr(transformers, model_class)(config)
     backbone.load_state_dict(weights, strict=True, assign=True)
     return backbone.eval()
+
+
+@dataclass
+class RewardModel:
+    """What a Qwen-VL reward model loads to: its processor (with ``<|Reward|>``), the backbone, the head
+    weights (keys without their prefix, for the reward to rebuild its own head layout) and limits."""
+
+    processor: Any
+    reward_id: int
+    pad_id: int
+    backbone: Any
+    head_state: dict[str, torch.Tensor]
+    max_positions: int
+
+
+def load_reward_model(model_class: str, checkpoint: str, revision: str | None, filenames: Sequence[str],
+                      base_model: str, base_revision: str | None, head_prefix: str, dtype: torch.dtype,
+                      who: str) -> RewardModel:
+    """Processor from the base model plus ``<|Reward|>``; backbone and head weights from the checkpoint."""
+    processor = load_processor(base_model, base_revision)
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
+    reward_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
+    state = read_state_dict(checkpoint, filenames, revision, who)
+    head_state = {k.removeprefix(head_prefix): v for k, v in state.items() if k.startswith(head_prefix)}
+    backbone = reward_backbone(model_class, base_model, base_revision,
+                               {k: v for k, v in state.items() if not k.startswith(head_prefix)},
+                               dtype, reward_id, who)
+    return RewardModel(processor, reward_id, pad_token_id(processor), backbone, head_state,
+                       int(backbone.config.text_config.max_position_embeddings))
 
 
 def check_reward_sequences(seqs: Sequence[Sequence[int]], sample_ids: Sequence[str], reward_id: int,

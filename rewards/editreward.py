@@ -43,11 +43,13 @@ from torch import nn
 
 from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
-from evalsuite.qwen_vl import RATING_SUFFIX, REWARD_TOKEN
-from evalsuite.reward import Reward, Score
+from evalsuite.qwen_vl import RATING_SUFFIX
+from evalsuite.qwen_vl import REWARD_TOKEN as REWARD_TOKEN  # re-exported: the tiny writer's
+from evalsuite.reward import Score
+from evalsuite.rewards.qwen_vl_reward import OFFICIAL_PIXELS, QwenVLRewardModel
 from evalsuite.sample import Sample
 
-EDITREWARD_PIXELS = 256 * 28 * 28  # the official min_pixels = max_pixels
+EDITREWARD_PIXELS = OFFICIAL_PIXELS  # the official min_pixels = max_pixels
 POOLINGS = ("mean", "min", "sum")
 BASE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 CHECKPOINT_FILES = ("model.safetensors", "model.pth")
@@ -173,66 +175,36 @@ def heads_from_state_dict(state: Mapping[str, torch.Tensor]) -> list[qvl.MLPHead
     return [qvl.mlp_head([layers[h][idx] for idx in sorted(layers[h])]) for h in sorted(layers)]
 
 
-class EditReward(Reward):
+class EditReward(QwenVLRewardModel):
     """Human-preference reward for (instruction, source image, edited image); higher is better."""
 
     name = "editreward"
     default_model = "TIGER-Lab/EditReward-Qwen2.5-VL-7B"
     needs_source_image = True
-    backend = "transformers"
+    base_model_id = BASE_MODEL
+    backbone_class = "Qwen2_5_VLModel"
+    checkpoint_files = CHECKPOINT_FILES
+    head_prefix = "rm_heads."
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        base_model: str = BASE_MODEL,
-        base_revision: str | None = None,
-        pooling: str = "mean",
-        min_pixels: int = EDITREWARD_PIXELS,
-        max_pixels: int = EDITREWARD_PIXELS,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, model: str | None = None, *, pooling: str = "mean", **kwargs: Any) -> None:
+        """``base_model``, ``base_revision``, ``min_pixels``, ``max_pixels``: see ``QwenVLRewardModel``."""
         super().__init__(model, **kwargs)
         if pooling not in POOLINGS:
             raise ConfigError(f"editreward: pooling must be one of {POOLINGS}, got {pooling!r}")
-        qvl.check_pixel_budget(min_pixels, max_pixels)
-        self.base_model = base_model
-        self.base_revision = base_revision
         self.pooling = pooling
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
 
-    def settings(self) -> dict[str, Any]:
+    def head_settings(self) -> dict[str, Any]:
         return {
-            "base_model": self.base_model,
-            "base_revision": self.base_revision,
             "rm_head_type": "ranknet_multi_head",
             "prompts": ["dim1 (instruction following) -> head_0", "dim2 (visual quality) -> head_1"],
             "pooling": self.pooling,
-            "min_pixels": self.min_pixels,
-            "max_pixels": self.max_pixels,
-            "positions": "1-D (as the official forward)",
         }
 
-    # -- model -----------------------------------------------------------------------------------
-    def _load(self) -> None:
-        processor = qvl.load_processor(self.base_model, self.base_revision)
-        processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
-        self._processor = processor
-        self._reward_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
-        self._pad_id = qvl.pad_token_id(processor)
-
-        state = qvl.read_state_dict(self.model_id, CHECKPOINT_FILES, self.revision, self.name)
-        heads = heads_from_state_dict({k.removeprefix("rm_heads."): v for k, v in state.items()
-                                       if k.startswith("rm_heads.")})
+    def build_heads(self, head_state: Mapping[str, torch.Tensor]) -> list[nn.Module]:
+        heads = heads_from_state_dict(head_state)
         if len(heads) != 2:
             raise ConfigError(f"editreward: expected 2 reward heads (ranknet_multi_head), found {len(heads)}")
-        backbone = qvl.reward_backbone("Qwen2_5_VLModel", self.base_model, self.base_revision,
-                                       {k: v for k, v in state.items() if not k.startswith("rm_heads.")},
-                                       self.dtype, self._reward_id, self.name)
-        self._backbone = backbone.to(self.device)
-        self._heads = nn.ModuleList(heads).to(self.device).eval()
-        self._max_positions = int(backbone.config.text_config.max_position_embeddings)
+        return heads
 
     def _sequences(self, samples: Sequence[Sample]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
         """2B id lists (all dim1 prompts, then all dim2 prompts) and the 2B images' tensors (src, edit)."""

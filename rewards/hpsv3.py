@@ -35,14 +35,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
-from evalsuite.qwen_vl import RATING_SUFFIX, REWARD_TOKEN
-from evalsuite.reward import Reward, Score
+from evalsuite.qwen_vl import RATING_SUFFIX
+from evalsuite.qwen_vl import REWARD_TOKEN as REWARD_TOKEN  # re-exported: the tiny writer's
+from evalsuite.reward import Score
+from evalsuite.rewards.qwen_vl_reward import OFFICIAL_PIXELS, QwenVLRewardModel
 from evalsuite.sample import Sample
 
-HPSV3_PIXELS = 256 * 28 * 28  # the inferencer's min_pixels = max_pixels (prepare_batch)
+HPSV3_PIXELS = OFFICIAL_PIXELS  # the inferencer's min_pixels = max_pixels (prepare_batch)
 BASE_MODEL = "Qwen/Qwen2-VL-7B-Instruct"
 CHECKPOINT_FILES = ("HPSv3.safetensors",)
 
@@ -133,59 +136,25 @@ def head_from_state_dict(state: Mapping[str, torch.Tensor]) -> qvl.MLPHead:
     return head
 
 
-class HPSv3(Reward):
-    """Human preference score v3 for (prompt, image); higher is better, unbounded."""
+class HPSv3(QwenVLRewardModel):
+    """Human preference score v3 for (prompt, image); higher is better, unbounded.
+
+    ``base_model``, ``base_revision``, ``min_pixels``, ``max_pixels``: see ``QwenVLRewardModel``.
+    """
 
     name = "hpsv3"
     default_model = "MizzenAI/HPSv3"
-    backend = "transformers"
+    base_model_id = BASE_MODEL
+    backbone_class = "Qwen2VLModel"
+    checkpoint_files = CHECKPOINT_FILES
+    head_prefix = "rm_head."
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        base_model: str = BASE_MODEL,
-        base_revision: str | None = None,
-        min_pixels: int = HPSV3_PIXELS,
-        max_pixels: int = HPSV3_PIXELS,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, **kwargs)
-        qvl.check_pixel_budget(min_pixels, max_pixels)
-        self.base_model = base_model
-        self.base_revision = base_revision
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
+    def head_settings(self) -> dict[str, Any]:
+        return {"checkpoint_file": CHECKPOINT_FILES[0], "rm_head_type": "ranknet",
+                "scale": "mu of the (mu, log sigma) head, unbounded; sigma in details"}
 
-    def settings(self) -> dict[str, Any]:
-        return {
-            "base_model": self.base_model,
-            "base_revision": self.base_revision,
-            "checkpoint_file": CHECKPOINT_FILES[0],
-            "rm_head_type": "ranknet",
-            "scale": "mu of the (mu, log sigma) head, unbounded; sigma in details",
-            "min_pixels": self.min_pixels,
-            "max_pixels": self.max_pixels,
-            "positions": "1-D (as the official forward)",
-        }
-
-    # -- model -----------------------------------------------------------------------------------
-    def _load(self) -> None:
-        processor = qvl.load_processor(self.base_model, self.base_revision)
-        processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
-        self._processor = processor
-        self._reward_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
-        self._pad_id = qvl.pad_token_id(processor)
-
-        state = qvl.read_state_dict(self.model_id, CHECKPOINT_FILES, self.revision, self.name)
-        head = head_from_state_dict({k.removeprefix("rm_head."): v for k, v in state.items()
-                                     if k.startswith("rm_head.")})
-        backbone = qvl.reward_backbone("Qwen2VLModel", self.base_model, self.base_revision,
-                                       {k: v for k, v in state.items() if not k.startswith("rm_head.")},
-                                       self.dtype, self._reward_id, self.name)
-        self._backbone = backbone.to(self.device)
-        self._head = head.to(self.device).eval()
-        self._max_positions = int(backbone.config.text_config.max_position_embeddings)
+    def build_heads(self, head_state: Mapping[str, torch.Tensor]) -> list[nn.Module]:
+        return [head_from_state_dict(head_state)]
 
     def _sequences(self, samples: Sequence[Sample]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
         """One id list per sample (chat turn with its image pads expanded) and the batch's image tensors."""
@@ -208,7 +177,7 @@ class HPSv3(Reward):
         self.load()
         seqs, pixel_values, grid = self._sequences(samples)
         pooled = qvl.hidden_at_token(self._backbone, seqs, self._pad_id, pixel_values, grid, self._reward_id)
-        return self._head(pooled).cpu()
+        return self._heads[0](pooled).cpu()
 
     # -- reward ----------------------------------------------------------------------------------
     def _score_batch(self, samples: list[Sample]) -> list[Score]:

@@ -40,7 +40,7 @@ from evalsuite.rewards.hpsv3 import (
     mean_and_sigma,
 )
 from evalsuite.tiny.hpsv3 import write_tiny_hpsv3
-from tests.reward_tester import CHECKS, RewardSpec, close
+from tests.reward_tester import CHECKS, RewardSpec, close, noise_image, torch_threads
 
 SMALL = 16 * 28 * 28  # 16 tokens per image keeps the tiny tests fast; one test uses the official budget
 # sha256 of data_collator_qwen.INSTRUCTION + prompt_with_special_token in hpsv3 1.0.0 (PyPI wheel).
@@ -49,11 +49,8 @@ OFFICIAL_PROMPT_SHA256 = "f6ee57479d4e9eee76b49c00dc962e1e696a5a2b3cc32cebd9b1fa
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models on shared CPUs: one thread avoids thread-sync overhead that dominates such small ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +58,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return write_tiny_hpsv3(tmp_path_factory.mktemp("hpsv3"), seed=0)
 
 
-def _img(w: int, h: int, seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+_img = noise_image
 
 
 def samples() -> list[Sample]:

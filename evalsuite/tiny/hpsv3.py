@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ._common import resolve, seeded
-from .qwen_vl import write_qwen2_vl
+from .qwen_vl import reward_model_backbone, write_qwen2_vl
 
 __all__ = ["write_hpsv3", "write_tiny_hpsv3"]
 
@@ -33,19 +32,11 @@ def write_tiny_hpsv3(out_dir: str | os.PathLike[str], seed: int = 0) -> dict[str
     ``out_dir/checkpoint/HPSv3.safetensors`` (backbone with the vocabulary resized for ``<|Reward|>`` + the
     hidden -> 1024 -> 16 -> 2 head as ``rm_head.{0,3,5}``). Same seed -> same bytes."""
     from safetensors.torch import save_file
-    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
 
-    out = Path(out_dir)
-    base, ckpt = out / "base", out / "checkpoint"
-    base.mkdir(parents=True, exist_ok=True)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    write_qwen2_vl(base, seed)
-    tokenizer = AutoProcessor.from_pretrained(base).tokenizer
-    reward_token = resolve("evalsuite.rewards.hpsv3:REWARD_TOKEN")
-    tokenizer.add_special_tokens({"additional_special_tokens": [reward_token]})
-    model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
-    with seeded(seed, "hpsv3", "resize"):
-        model.resize_token_embeddings(len(tokenizer))
+    base, ckpt, model = reward_model_backbone(out_dir, seed, "hpsv3", write_qwen2_vl,
+                                              Qwen2VLForConditionalGeneration,
+                                              resolve("evalsuite.rewards.hpsv3:REWARD_TOKEN"))
     hidden = model.config.text_config.hidden_size
     with seeded(seed, "hpsv3", "head"):
         head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05),

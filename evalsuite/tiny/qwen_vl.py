@@ -9,10 +9,14 @@ config; only the towers differ.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
+    AutoProcessor,
     GenerationConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -26,7 +30,7 @@ from transformers import (
 from ._common import seeded
 from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
 
-__all__ = ["write_qwen2_5_vl", "write_qwen2_vl"]
+__all__ = ["reward_model_backbone", "write_qwen2_5_vl", "write_qwen2_vl"]
 
 _HIDDEN = 32
 _HEADS = 2  # head_dim 16 -> 8 rotary frequencies, split over (temporal, height, width) by mrope_section
@@ -109,3 +113,22 @@ def _write(folder: Path, seed: int, stream: str, config_cls: Any, model_cls: Any
     )
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
+
+
+def reward_model_backbone(out_dir: str | os.PathLike[str], seed: int, stream: str,
+                          write_base: Callable[[Path, int], None], model_cls: Any,
+                          reward_token: str) -> tuple[Path, Path, Any]:
+    """The common start of a Qwen-VL reward model (EditReward, HPSv3): ``out_dir/base`` written by
+    ``write_base``, an empty ``out_dir/checkpoint``, and the base model with its vocabulary grown by
+    ``reward_token`` (the new rows drawn under this reward's own seed stream)."""
+    out = Path(out_dir)
+    base, ckpt = out / "base", out / "checkpoint"
+    base.mkdir(parents=True, exist_ok=True)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    write_base(base, seed)
+    tokenizer = AutoProcessor.from_pretrained(base).tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": [reward_token]})
+    model = model_cls.from_pretrained(base, dtype=torch.float32)
+    with seeded(seed, stream, "resize"):
+        model.resize_token_embeddings(len(tokenizer))
+    return base, ckpt, model
