@@ -47,6 +47,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "aesthetic": "evalsuite.rewards.aesthetic:LAIONAesthetic",
         "unifiedreward": "evalsuite.rewards.unifiedreward:UnifiedReward",
         "unifiedreward_pairwise": "evalsuite.rewards.unifiedreward:UnifiedRewardPairwise",
+        "hpsv3": "evalsuite.rewards.hpsv3:HPSv3",
     },
     "benchmarks": {
         "geneval": "evalsuite.benchmarks.geneval:GenEval",

@@ -34,10 +34,8 @@ file names were not verifiable offline, hence the ``model.safetensors`` then ``m
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,11 +43,13 @@ from torch import nn
 
 from evalsuite import qwen_vl as qvl
 from evalsuite.errors import ConfigError
-from evalsuite.reward import Reward, Score
+from evalsuite.qwen_vl import RATING_SUFFIX
+from evalsuite.qwen_vl import REWARD_TOKEN as REWARD_TOKEN  # re-exported: the tiny writer's
+from evalsuite.reward import Score
+from evalsuite.rewards.qwen_vl_reward import OFFICIAL_PIXELS, QwenVLRewardModel
 from evalsuite.sample import Sample
 
-REWARD_TOKEN = "<|Reward|>"
-EDITREWARD_PIXELS = 256 * 28 * 28  # the official min_pixels = max_pixels
+EDITREWARD_PIXELS = OFFICIAL_PIXELS  # the official min_pixels = max_pixels
 POOLINGS = ("mean", "min", "sum")
 BASE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 CHECKPOINT_FILES = ("model.safetensors", "model.pth")
@@ -139,7 +139,6 @@ _QUALITY_LINES = (
 )
 EDIT_FOLLOWING_TEMPLATE = "\n".join(_FOLLOWING_LINES)  # "dim1" -> head 0
 EDIT_QUALITY_TEMPLATE = "\n".join(_QUALITY_LINES)  # "dim2" -> head 1
-RATING_SUFFIX = f"\nPlease provide the overall ratings of this image: {REWARD_TOKEN}\n\nEND\n"
 TEMPLATES = (EDIT_FOLLOWING_TEMPLATE, EDIT_QUALITY_TEMPLATE)
 
 
@@ -165,22 +164,7 @@ def fuse_heads(per_head: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
-class RewardHead(nn.Module):
-    """An official rm head: Linear layers with ReLU between them (dropout is a no-op at inference)."""
-
-    def __init__(self, linears: Sequence[nn.Linear]) -> None:
-        super().__init__()
-        self.linears = nn.ModuleList(linears)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for k, lin in enumerate(self.linears):
-            x = lin(x)
-            if k < len(self.linears) - 1:
-                x = torch.relu(x)
-        return x
-
-
-def heads_from_state_dict(state: Mapping[str, torch.Tensor]) -> list[RewardHead]:
+def heads_from_state_dict(state: Mapping[str, torch.Tensor]) -> list[qvl.MLPHead]:
     """Rebuild the official heads from ``{"head_i.<layer>.weight"/".bias": tensor}`` (sizes from weights)."""
     layers: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
     for key, value in state.items():
@@ -188,138 +172,39 @@ def heads_from_state_dict(state: Mapping[str, torch.Tensor]) -> list[RewardHead]
         if m is None:
             raise ConfigError(f"editreward: unexpected reward-head key rm_heads.{key}")
         layers.setdefault(int(m[1]), {}).setdefault(int(m[2]), {})[m[3]] = value
-    heads = []
-    for h in sorted(layers):
-        linears = []
-        for idx in sorted(layers[h]):
-            p = layers[h][idx]
-            out_f, in_f = p["weight"].shape
-            lin = nn.Linear(in_f, out_f, bias="bias" in p, dtype=torch.float32)
-            lin.load_state_dict({k: v.float() for k, v in p.items()})
-            linears.append(lin)
-        heads.append(RewardHead(linears))
-    return heads
+    return [qvl.mlp_head([layers[h][idx] for idx in sorted(layers[h])]) for h in sorted(layers)]
 
 
-def backbone_key(key: str) -> str | None:
-    """Map a reward-model state-dict key to ``Qwen2_5_VLModel``'s (None: not a backbone weight)."""
-    key = key.removeprefix("module.")
-    if key.startswith("lm_head."):
-        return None  # the reward model never uses the LM head
-    for old, new in (("model.visual.", "visual."), ("model.language_model.", "language_model."),
-                     ("visual.", "visual."), ("model.", "language_model.")):  # last two: transformers < 4.52
-        if key.startswith(old):
-            return new + key[len(old):]
-    raise ConfigError(f"editreward: unexpected checkpoint key {key!r}")
-
-
-def load_checkpoint(path_or_id: str, revision: str | None) -> dict[str, torch.Tensor]:
-    """The official state dict: ``model.safetensors`` or ``model.pth`` in a local directory or a hub repo."""
-    if os.path.isdir(path_or_id):
-        found = [Path(path_or_id) / f for f in CHECKPOINT_FILES if (Path(path_or_id) / f).is_file()]
-        if not found:
-            raise ConfigError(f"editreward: no {' or '.join(CHECKPOINT_FILES)} in {path_or_id}")
-        file = found[0]
-    else:
-        from huggingface_hub import hf_hub_download
-
-        file, errors = None, []
-        for name in CHECKPOINT_FILES:
-            try:
-                file = Path(hf_hub_download(path_or_id, name, revision=revision))
-                break
-            except Exception as e:  # missing file in the repo, offline cache miss...
-                errors.append(f"{name}: {type(e).__name__}: {e}")
-        if file is None:
-            raise ConfigError(f"editreward: cannot fetch a checkpoint from {path_or_id!r}: {errors}")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    return dict(state)
-
-
-class EditReward(Reward):
+class EditReward(QwenVLRewardModel):
     """Human-preference reward for (instruction, source image, edited image); higher is better."""
 
     name = "editreward"
     default_model = "TIGER-Lab/EditReward-Qwen2.5-VL-7B"
     needs_source_image = True
-    backend = "transformers"
+    base_model_id = BASE_MODEL
+    backbone_class = "Qwen2_5_VLModel"
+    checkpoint_files = CHECKPOINT_FILES
+    head_prefix = "rm_heads."
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        base_model: str = BASE_MODEL,
-        base_revision: str | None = None,
-        pooling: str = "mean",
-        min_pixels: int = EDITREWARD_PIXELS,
-        max_pixels: int = EDITREWARD_PIXELS,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, model: str | None = None, *, pooling: str = "mean", **kwargs: Any) -> None:
+        """``base_model``, ``base_revision``, ``min_pixels``, ``max_pixels``: see ``QwenVLRewardModel``."""
         super().__init__(model, **kwargs)
         if pooling not in POOLINGS:
             raise ConfigError(f"editreward: pooling must be one of {POOLINGS}, got {pooling!r}")
-        qvl.check_pixel_budget(min_pixels, max_pixels)
-        self.base_model = base_model
-        self.base_revision = base_revision
         self.pooling = pooling
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
 
-    def settings(self) -> dict[str, Any]:
+    def head_settings(self) -> dict[str, Any]:
         return {
-            "base_model": self.base_model,
-            "base_revision": self.base_revision,
             "rm_head_type": "ranknet_multi_head",
             "prompts": ["dim1 (instruction following) -> head_0", "dim2 (visual quality) -> head_1"],
             "pooling": self.pooling,
-            "min_pixels": self.min_pixels,
-            "max_pixels": self.max_pixels,
-            "positions": "1-D (as the official forward)",
         }
 
-    # -- model -----------------------------------------------------------------------------------
-    def _load(self) -> None:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, Qwen2_5_VLModel
-
-        processor = qvl.load_processor(self.base_model, self.base_revision)
-        processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
-        self._processor = processor
-        self._reward_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
-        self._pad_id = qvl.pad_token_id(processor)
-
-        state = load_checkpoint(self.model_id, self.revision)
-        head_state = {k.removeprefix("module.").removeprefix("rm_heads."): v for k, v in state.items()
-                      if k.removeprefix("module.").startswith("rm_heads.")}
-        backbone_state = {}
-        for key, value in state.items():
-            if key.removeprefix("module.").startswith("rm_heads."):
-                continue
-            new = backbone_key(key)
-            if new is not None:
-                backbone_state[new] = value.to(self.dtype)
+    def build_heads(self, head_state: Mapping[str, torch.Tensor]) -> list[nn.Module]:
         heads = heads_from_state_dict(head_state)
         if len(heads) != 2:
             raise ConfigError(f"editreward: expected 2 reward heads (ranknet_multi_head), found {len(heads)}")
-
-        config = AutoConfig.from_pretrained(self.base_model, revision=self.base_revision)
-        vocab = backbone_state["language_model.embed_tokens.weight"].shape[0]
-        if self._reward_id >= vocab:
-            raise ConfigError(f"editreward: checkpoint vocabulary ({vocab}) has no row for {REWARD_TOKEN}")
-        config.text_config.vocab_size = vocab
-        with init_empty_weights(include_buffers=False):  # weights come from the checkpoint; buffers are real
-            backbone = Qwen2_5_VLModel(config)
-        backbone.load_state_dict(backbone_state, strict=True, assign=True)
-        self._backbone = backbone.to(self.device).eval()
-        self._heads = nn.ModuleList(heads).to(self.device).eval()
-        self._max_positions = int(config.text_config.max_position_embeddings)
+        return heads
 
     def _sequences(self, samples: Sequence[Sample]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
         """2B id lists (all dim1 prompts, then all dim2 prompts) and the 2B images' tensors (src, edit)."""
@@ -337,37 +222,19 @@ class EditReward(Reward):
                 text = self._processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
                 texts.append(qvl.expand_image_pads(text, iter(counts[2 * k : 2 * k + 2])))
         seqs = self._processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        n = len(samples)
-        for j, seq in enumerate(seqs):
-            sid = samples[j % n].id
-            if seq.count(self._reward_id) != 1:
-                raise ValueError(f"sample {sid!r}: the instruction must not contain {REWARD_TOKEN}")
-            if len(seq) > self._max_positions:
-                raise ValueError(f"sample {sid!r}: {len(seq)} tokens exceed {self._max_positions} positions")
+        sample_ids = [s.id for s in samples] * len(TEMPLATES)
+        qvl.check_reward_sequences(seqs, sample_ids, self._reward_id, self._max_positions, "instruction")
         return seqs, pixel_values, grid
 
     @torch.inference_mode()
     def head_outputs(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``[2 heads, B, (mean, log sigma)]`` for a batch: one backbone forward over 2B sequences."""
         self.load()
-        dev, n = self.device, len(samples)
+        n = len(samples)
         seqs, pixel_values, grid = self._sequences(samples)
-        ids, mask = qvl.right_pad(seqs, self._pad_id)
-        ids, mask = ids.to(dev), mask.to(dev)
-        embeds = self._backbone.get_input_embeddings()(ids)
-        vision = self._backbone.visual(pixel_values.to(dev, self.dtype), grid_thw=grid.to(dev)).pooler_output
-        image_mask = (ids == self._backbone.config.image_token_id).unsqueeze(-1).expand_as(embeds)
-        # Both prompts of a pair show the same two images: scatter the features twice.
-        embeds = embeds.masked_scatter(image_mask, torch.cat([vision, vision]).to(embeds.dtype))
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        # No attention mask: with right padding, causal attention already keeps every real token away from
-        # the pads after it (the pads' own outputs are never read), and mask-free SDPA takes the fast
-        # causal kernel instead of materializing a [B, L, L] mask.
-        hidden = self._backbone.language_model(
-            inputs_embeds=embeds, attention_mask=None, position_ids=positions, use_cache=False
-        ).last_hidden_state
-        at = (ids == self._reward_id).int().argmax(-1)
-        pooled = hidden[torch.arange(2 * n, device=dev), at].float()
+        # Both prompts of a pair show the same two images: their features are scattered twice.
+        pooled = qvl.hidden_at_token(self._backbone, seqs, self._pad_id, pixel_values, grid, self._reward_id,
+                                     vision_repeats=2)
         return torch.stack([self._heads[0](pooled[:n]), self._heads[1](pooled[n:])]).cpu()
 
     # -- reward ----------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ official code path. ``test_rewards.py`` runs every check below on every spec.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +31,24 @@ class RewardSpec:
     bf16_atol: float | None = None  # None: bf16 not supported by this reward
     bad_prompt_ok: bool = True  # empty/long prompts are scored (else: must be N/A or a named error)
     extra_bad: Sequence[tuple[str, Sample]] = field(default_factory=tuple)
+
+
+def noise_image(w: int, h: int, seed: int) -> Image.Image:
+    """A seeded uniform-noise RGB image: every pixel matters to a model, nothing is constant."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Tiny models on shared CPUs: few threads avoid thread-sync overhead that dominates such small ops."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _png(img: Image.Image) -> bytes:

@@ -116,8 +116,8 @@ _SPECS = (
     ),
 )
 
-# Reward-specific formats (open_clip folders, the official ImageReward .pt layout, EditReward's backbone +
-# heads); each writer looks up the reward's format constants by string when it runs.
+# Reward-specific formats (open_clip folders, the official ImageReward .pt layout, EditReward's and HPSv3's
+# backbone + heads); each writer looks up the reward's format constants by string when it runs.
 _SPECS += (
     TinySpec(
         name="open-clip-vit-l-14",
@@ -160,6 +160,13 @@ _SPECS += (
         description="EditReward checkpoint/ (backbone + <|Reward|> heads) and base/ (Qwen2.5-VL config)",
         loaded_by=("evalsuite.rewards.editreward.EditReward",),
         writer_ref="editreward:write_editreward",
+    ),
+    TinySpec(
+        name="hpsv3",
+        model_id="MizzenAI/HPSv3 (HPSv3.safetensors over Qwen/Qwen2-VL-7B-Instruct)",
+        description="HPSv3 checkpoint/ (4.45-named backbone + <|Reward|> + rm_head) and base/ (Qwen2-VL)",
+        loaded_by=("evalsuite.rewards.hpsv3.HPSv3",),
+        writer_ref="hpsv3:write_hpsv3",
     ),
 )
 

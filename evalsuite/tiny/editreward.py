@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ._common import resolve, seeded
-from .qwen_vl import write_qwen2_5_vl
+from .qwen_vl import reward_model_backbone, write_qwen2_5_vl
 
 __all__ = ["write_editreward", "write_tiny_editreward"]
 
@@ -24,19 +23,11 @@ def write_tiny_editreward(out_dir: str | os.PathLike[str], seed: int = 0) -> dic
     stand-in for ``Qwen/Qwen2.5-VL-7B-Instruct``) and ``out_dir/checkpoint/model.safetensors`` (backbone with
     the vocabulary resized for ``<|Reward|>`` + two default-shape heads). Same seed -> same bytes."""
     from safetensors.torch import save_file
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    out = Path(out_dir)
-    base, ckpt = out / "base", out / "checkpoint"
-    base.mkdir(parents=True, exist_ok=True)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    write_qwen2_5_vl(base, seed)
-    tokenizer = AutoProcessor.from_pretrained(base).tokenizer
-    reward_token = resolve("evalsuite.rewards.editreward:REWARD_TOKEN")
-    tokenizer.add_special_tokens({"additional_special_tokens": [reward_token]})
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
-    with seeded(seed, "editreward", "resize"):
-        model.resize_token_embeddings(len(tokenizer))
+    base, ckpt, model = reward_model_backbone(out_dir, seed, "editreward", write_qwen2_5_vl,
+                                              Qwen2_5_VLForConditionalGeneration,
+                                              resolve("evalsuite.rewards.editreward:REWARD_TOKEN"))
     hidden = model.config.text_config.hidden_size
     with seeded(seed, "editreward", "heads"):
         heads = nn.ModuleDict({

@@ -1,41 +1,69 @@
-"""Tiny Qwen2.5-VL-7B-Instruct: ``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``.
+"""Tiny Qwen2.5-VL-7B-Instruct and Qwen2-VL-7B-Instruct: ``*ForConditionalGeneration`` + processor.
 
-The vision tower keeps the real patch geometry (14 px patches, 2x2 spatial merge, temporal patch 2, windowed
-attention) and the processor keeps the real pixel budget, so the number of image tokens for a given image size
-is what production sees; the language model keeps M-RoPE and Qwen's special-token layout.
+The vision towers keep the real patch geometry (14 px patches, 2x2 spatial merge, temporal patch 2;
+Qwen2.5-VL's windowed attention) and the processors keep the real pixel budget, so the number of image
+tokens for a given image size is what production sees; the language models keep M-RoPE and Qwen's
+special-token layout. The two releases share tokenizer, chat template, processor settings and generation
+config; only the towers differ.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
 from transformers import (
+    AutoProcessor,
     GenerationConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
 )
 
 from ._common import seeded
 from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
 
-__all__ = ["write_qwen2_5_vl"]
+__all__ = ["reward_model_backbone", "write_qwen2_5_vl", "write_qwen2_vl"]
 
 _HIDDEN = 32
 _HEADS = 2  # head_dim 16 -> 8 rotary frequencies, split over (temporal, height, width) by mrope_section
 _MROPE_SECTION = [2, 3, 3]
-# Qwen2.5-VL-7B-Instruct preprocessor_config.json pixel budget (min 4 merged patches, max 16384).
+# Qwen2-VL / Qwen2.5-VL-7B-Instruct preprocessor_config.json pixel budget (min 4 merged patches, max 16384).
 _MIN_PIXELS = 3136
 _MAX_PIXELS = 12845056
 
 
 def write_qwen2_5_vl(folder: Path, seed: int) -> None:
     """Tiny ``Qwen/Qwen2.5-VL-7B-Instruct``: ``AutoProcessor`` / ``Qwen2_5_VLForConditionalGeneration``."""
-    # Like the real repo, tokenizer and processor carry the same (VL) chat template.
+    vision = {"depth": 2, "hidden_size": _HIDDEN, "intermediate_size": 64, "num_heads": 2,
+              "out_hidden_size": _HIDDEN, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+              "window_size": 112, "fullatt_block_indexes": [1], "tokens_per_second": 2}
+    _write(folder, seed, "qwen2.5-vl", Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+           Qwen2_5_VLProcessor, vision)
+
+
+def write_qwen2_vl(folder: Path, seed: int) -> None:
+    """Tiny ``Qwen/Qwen2-VL-7B-Instruct``: ``AutoProcessor`` / ``Qwen2VLForConditionalGeneration`` (the
+    Qwen2-VL tower: LayerNorm, QuickGELU MLP, full attention; ``hidden_size`` is the merger's output)."""
+    vision = {"depth": 2, "embed_dim": _HIDDEN, "hidden_size": _HIDDEN, "mlp_ratio": 2, "num_heads": 2,
+              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    _write(folder, seed, "qwen2-vl", Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision)
+
+
+def _write(folder: Path, seed: int, stream: str, config_cls: Any, model_cls: Any, processor_cls: Any,
+           vision_config: dict[str, Any]) -> None:
+    """Tokenizer, config, seeded weights, generation config and processor shared by both releases."""
+    # Like the real repos, tokenizer and processor carry the same (VL) chat template.
     tokenizer = build_qwen2_tokenizer(chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
-    config = Qwen2_5_VLConfig(
+    config = config_cls(
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": _HIDDEN,
@@ -50,27 +78,15 @@ def write_qwen2_5_vl(folder: Path, seed: int) -> None:
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },
-        vision_config={
-            "depth": 2,
-            "hidden_size": _HIDDEN,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": _HIDDEN,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [1],
-            "tokens_per_second": 2,
-        },
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    with seeded(seed, "qwen2.5-vl", "model"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
+    with seeded(seed, stream, "model"):
+        model = model_cls(config)
     # Mirrors the real generation_config.json (near-greedy sampling; stop on <|im_end|> or <|endoftext|>).
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
@@ -89,7 +105,7 @@ def write_qwen2_5_vl(folder: Path, seed: int) -> None:
     from transformers import Qwen2VLVideoProcessor
 
     image_processor = Qwen2VLImageProcessorPil(min_pixels=_MIN_PIXELS, max_pixels=_MAX_PIXELS)
-    processor = Qwen2_5_VLProcessor(
+    processor = processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(min_pixels=_MIN_PIXELS, max_pixels=_MAX_PIXELS),
@@ -97,3 +113,22 @@ def write_qwen2_5_vl(folder: Path, seed: int) -> None:
     )
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
+
+
+def reward_model_backbone(out_dir: str | os.PathLike[str], seed: int, stream: str,
+                          write_base: Callable[[Path, int], None], model_cls: Any,
+                          reward_token: str) -> tuple[Path, Path, Any]:
+    """The common start of a Qwen-VL reward model (EditReward, HPSv3): ``out_dir/base`` written by
+    ``write_base``, an empty ``out_dir/checkpoint``, and the base model with its vocabulary grown by
+    ``reward_token`` (the new rows drawn under this reward's own seed stream)."""
+    out = Path(out_dir)
+    base, ckpt = out / "base", out / "checkpoint"
+    base.mkdir(parents=True, exist_ok=True)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    write_base(base, seed)
+    tokenizer = AutoProcessor.from_pretrained(base).tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": [reward_token]})
+    model = model_cls.from_pretrained(base, dtype=torch.float32)
+    with seeded(seed, stream, "resize"):
+        model.resize_token_embeddings(len(tokenizer))
+    return base, ckpt, model
