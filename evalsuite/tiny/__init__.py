@@ -73,6 +73,13 @@ _SPECS = (
         writer_ref="sd3:write_sd3",
     ),
     TinySpec(
+        name="zimage",
+        model_id="Tongyi-MAI/Z-Image",
+        description="ZImagePipeline: single-stream S3-DiT, Qwen3 text encoder, 16-ch 8x VAE, shift 6",
+        loaded_by=("diffusers.ZImagePipeline",),
+        writer_ref="zimage:write_zimage",
+    ),
+    TinySpec(
         name="qwen2.5-vl",
         model_id="Qwen/Qwen2.5-VL-7B-Instruct",
         description="Qwen2.5-VL vision-language model + processor (Qwen special tokens, chat template)",
