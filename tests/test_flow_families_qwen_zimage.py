@@ -41,7 +41,24 @@ def test_the_promptecho_zimage_recipe_loads_with_the_papers_settings():
     assert [c.name for c in config.rewards.components] == ["promptecho"]
 
 
-@pytest.mark.parametrize("name", ["zimage"])
+def test_the_promptecho_qwenimage2512_recipe_loads_with_the_papers_settings():
+    from evalsuite.harness.flow_config import load_flow_config
+
+    config = load_flow_config(REPO / "harness" / "recipes" / "flow_promptecho_qwenimage2512.yaml")
+    f = config.flow
+    assert (f.model, f.guidance_scale, f.negative_prompt) == ("Qwen/Qwen-Image-2512", 4.0, " ")
+    assert (f.lora.r, f.lora.alpha, f.max_sequence_length, f.eval_num_steps) == (64, 128, 512, 30)
+    assert config.grpo.advantage_mode == "none"
+
+
+def test_qwenimage_2512_is_the_same_family_with_other_weights(tiny_dir):
+    a, b = family_case("qwenimage", tiny_dir).policy(), family_case("qwenimage-2512", tiny_dir).policy()
+    assert a.family.name == b.family.name == "qwenimage"
+    wa, wb = a.transformer.state_dict(), b.transformer.state_dict()
+    assert wa.keys() == wb.keys() and not torch.equal(wa["proj_out.weight"], wb["proj_out.weight"])
+
+
+@pytest.mark.parametrize("name", ["zimage", "qwenimage"])
 def test_evalsuite_run_geneval_on_the_tiny_checkpoint_with_a_policy_lora(name, tiny_dir, data_dir, tmp_path):
     """``evalsuite run --model <tiny folder>``: the pipeline class from model_index.json renders GenEval, with
     a LoRA the flow policy saved."""
@@ -54,7 +71,7 @@ def test_evalsuite_run_geneval_on_the_tiny_checkpoint_with_a_policy_lora(name, t
     run = tmp_path / "run"
     assert main(["run", "--bench", "geneval", "--model", str(tiny_dir / name),
                  "--lora", str(tmp_path / "lora"), "--steps", "2", "--height", "32", "--width", "32",
-                 "--guidance", "4.0",
+                 "--guidance", "4.0",  # QwenImagePipeline ignores it: its true_cfg_scale defaults to 4
                  "--data-dir", str(data_dir), "--no-leaderboard", "--device", "cpu",
                  "--limit", "2", "--images-per-prompt", "2", "--output-dir", str(run),
                  "--option", f"detector_model={tiny_dir / 'mask2former'}",

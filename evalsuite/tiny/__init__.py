@@ -80,6 +80,20 @@ _SPECS = (
         writer_ref="zimage:write_zimage",
     ),
     TinySpec(
+        name="qwenimage",
+        model_id="Qwen/Qwen-Image",
+        description="QwenImagePipeline: MMDiT, Qwen2.5-VL text encoder, AutoencoderKLQwenImage, true CFG",
+        loaded_by=("diffusers.QwenImagePipeline",),
+        writer_ref="qwenimage:write_qwenimage",
+    ),
+    TinySpec(
+        name="qwenimage-2512",
+        model_id="Qwen/Qwen-Image-2512",
+        description="QwenImagePipeline (Qwen-Image's architecture, other weights)",
+        loaded_by=("diffusers.QwenImagePipeline",),
+        writer_ref="qwenimage:write_qwenimage_2512",
+    ),
+    TinySpec(
         name="qwen2.5-vl",
         model_id="Qwen/Qwen2.5-VL-7B-Instruct",
         description="Qwen2.5-VL vision-language model + processor (Qwen special tokens, chat template)",

@@ -14,13 +14,14 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
     Qwen2VLImageProcessorPil,
 )
 
 from ._common import seeded
 from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
 
-__all__ = ["write_qwen2_5_vl"]
+__all__ = ["qwen2_5_vl_config", "write_qwen2_5_vl"]
 
 _HIDDEN = 32
 _HEADS = 2  # head_dim 16 -> 8 rotary frequencies, split over (temporal, height, width) by mrope_section
@@ -30,12 +31,11 @@ _MIN_PIXELS = 3136
 _MAX_PIXELS = 12845056
 
 
-def write_qwen2_5_vl(folder: Path, seed: int) -> None:
-    """Tiny ``Qwen/Qwen2.5-VL-7B-Instruct``: ``AutoProcessor`` / ``Qwen2_5_VLForConditionalGeneration``."""
-    # Like the real repo, tokenizer and processor carry the same (VL) chat template.
-    tokenizer = build_qwen2_tokenizer(chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
+def qwen2_5_vl_config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
+    """The tiny Qwen2.5-VL config over ``tokenizer``: real patch geometry and M-RoPE, 32 wide (also the
+    text encoder of the tiny Qwen-Image pipelines)."""
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": _HIDDEN,
@@ -69,6 +69,14 @@ def write_qwen2_5_vl(folder: Path, seed: int) -> None:
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+
+
+def write_qwen2_5_vl(folder: Path, seed: int) -> None:
+    """Tiny ``Qwen/Qwen2.5-VL-7B-Instruct``: ``AutoProcessor`` / ``Qwen2_5_VLForConditionalGeneration``."""
+    # Like the real repo, tokenizer and processor carry the same (VL) chat template.
+    tokenizer = build_qwen2_tokenizer(chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
+    config = qwen2_5_vl_config(tokenizer)
     with seeded(seed, "qwen2.5-vl", "model"):
         model = Qwen2_5_VLForConditionalGeneration(config)
     # Mirrors the real generation_config.json (near-greedy sampling; stop on <|im_end|> or <|endoftext|>).
