@@ -72,6 +72,8 @@ BUILTINS: dict[Kind, dict[str, str]] = {
     "flow_families": {  # evalsuite.harness.flow_families.FlowFamily classes: the flow policy's model seam
         "flux": "evalsuite.harness.flow_families.flux:FluxFamily",
         "sd3": "evalsuite.harness.flow_families.sd3:SD3Family",
+        "qwenimage": "evalsuite.harness.flow_families.qwenimage:QwenImageFamily",
+        "zimage": "evalsuite.harness.flow_families.zimage:ZImageFamily",
     },
     # Model forwards that are not rewards (contracts in evalsuite.scorer): factories taking a spec.
     "scorers": {

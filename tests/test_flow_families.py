@@ -22,7 +22,7 @@ from .flow_family_tester import (
     check_reference_is_adapter_disabled,
 )
 
-FAMILIES = ["flux", "flux-kontext", "sd3"]
+FAMILIES = ["flux", "flux-kontext", "sd3", "zimage", "qwenimage"]
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +46,11 @@ def family_case(name: str, tiny_dir) -> FamilyCase:
         )
     if name == "sd3":  # real CFG with the negative prompt, Flow-GRPO's SD3.5 scale
         return FamilyCase(name, tiny_dir / name, {"guidance_scale": 4.5, "negative_prompt": "blurry"})
+    if name == "zimage":  # Z-Image's own CFG (pos + s·(pos − neg)) at PromptEcho's scale
+        return FamilyCase(name, tiny_dir / name, {"guidance_scale": 4.0, "negative_prompt": "blurry"})
+    if name.startswith("qwenimage"):  # true CFG (true_cfg_scale); 128 tokens keep prompt lengths unequal
+        settings = {"guidance_scale": 4.0, "negative_prompt": "blurry", "max_sequence_length": 128}
+        return FamilyCase(name, tiny_dir / name, settings, pipeline_kwargs={"true_cfg_scale": 4.0})
     return FamilyCase(name, tiny_dir / name, {"guidance_scale": 3.5})
 
 
@@ -81,7 +86,8 @@ def test_a_saved_lora_renders_the_same_in_the_generator(name, tiny_dir, tmp_path
 def test_the_family_is_picked_from_model_index_and_describes_itself(case_and_policy):
     case, policy = case_and_policy
     assert isinstance(policy.family, FlowFamily)
-    expected = {"flux": "flux", "flux-kontext": "flux", "sd3": "sd3"}[case.name]
+    expected = {"flux": "flux", "flux-kontext": "flux", "sd3": "sd3", "zimage": "zimage",
+                "qwenimage": "qwenimage"}[case.name]
     assert policy.family.name == expected
     assert policy.describe()["family"] == expected
     assert type(policy.pipeline).__name__ in policy.family.pipeline_classes

@@ -73,6 +73,27 @@ _SPECS = (
         writer_ref="sd3:write_sd3",
     ),
     TinySpec(
+        name="zimage",
+        model_id="Tongyi-MAI/Z-Image",
+        description="ZImagePipeline: single-stream S3-DiT, Qwen3 text encoder, 16-ch 8x VAE, shift 6",
+        loaded_by=("diffusers.ZImagePipeline",),
+        writer_ref="zimage:write_zimage",
+    ),
+    TinySpec(
+        name="qwenimage",
+        model_id="Qwen/Qwen-Image",
+        description="QwenImagePipeline: MMDiT, Qwen2.5-VL text encoder, AutoencoderKLQwenImage, true CFG",
+        loaded_by=("diffusers.QwenImagePipeline",),
+        writer_ref="qwenimage:write_qwenimage",
+    ),
+    TinySpec(
+        name="qwenimage-2512",
+        model_id="Qwen/Qwen-Image-2512",
+        description="QwenImagePipeline (Qwen-Image's architecture, other weights)",
+        loaded_by=("diffusers.QwenImagePipeline",),
+        writer_ref="qwenimage:write_qwenimage_2512",
+    ),
+    TinySpec(
         name="qwen2.5-vl",
         model_id="Qwen/Qwen2.5-VL-7B-Instruct",
         description="Qwen2.5-VL vision-language model + processor (Qwen special tokens, chat template)",

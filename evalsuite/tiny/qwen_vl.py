@@ -30,7 +30,7 @@ from transformers import (
 from ._common import seeded
 from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
 
-__all__ = ["reward_model_backbone", "write_qwen2_5_vl", "write_qwen2_vl"]
+__all__ = ["qwen2_5_vl_config", "reward_model_backbone", "write_qwen2_5_vl", "write_qwen2_vl"]
 
 _HIDDEN = 32
 _HEADS = 2  # head_dim 16 -> 8 rotary frequencies, split over (temporal, height, width) by mrope_section
@@ -40,13 +40,21 @@ _MIN_PIXELS = 3136
 _MAX_PIXELS = 12845056
 
 
+_QWEN2_5_VISION = {"depth": 2, "hidden_size": _HIDDEN, "intermediate_size": 64, "num_heads": 2,
+                   "out_hidden_size": _HIDDEN, "patch_size": 14, "spatial_merge_size": 2,
+                   "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [1],
+                   "tokens_per_second": 2}
+
+
 def write_qwen2_5_vl(folder: Path, seed: int) -> None:
     """Tiny ``Qwen/Qwen2.5-VL-7B-Instruct``: ``AutoProcessor`` / ``Qwen2_5_VLForConditionalGeneration``."""
-    vision = {"depth": 2, "hidden_size": _HIDDEN, "intermediate_size": 64, "num_heads": 2,
-              "out_hidden_size": _HIDDEN, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
-              "window_size": 112, "fullatt_block_indexes": [1], "tokens_per_second": 2}
     _write(folder, seed, "qwen2.5-vl", Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-           Qwen2_5_VLProcessor, vision)
+           Qwen2_5_VLProcessor, _QWEN2_5_VISION)
+
+
+def qwen2_5_vl_config(tokenizer: Any) -> Qwen2_5_VLConfig:
+    """The tiny Qwen2.5-VL config over ``tokenizer`` (also the text encoder of the tiny Qwen-Image pipelines)."""
+    return _config(Qwen2_5_VLConfig, tokenizer, _QWEN2_5_VISION)
 
 
 def write_qwen2_vl(folder: Path, seed: int) -> None:
@@ -63,28 +71,7 @@ def _write(folder: Path, seed: int, stream: str, config_cls: Any, model_cls: Any
     # Like the real repos, tokenizer and processor carry the same (VL) chat template.
     tokenizer = build_qwen2_tokenizer(chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
-    config = config_cls(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": _HIDDEN,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": _HEADS,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 32768,
-            "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": _MROPE_SECTION},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    config = _config(config_cls, tokenizer, vision_config)
     with seeded(seed, stream, "model"):
         model = model_cls(config)
     # Mirrors the real generation_config.json (near-greedy sampling; stop on <|im_end|> or <|endoftext|>).
@@ -113,6 +100,33 @@ def _write(folder: Path, seed: int, stream: str, config_cls: Any, model_cls: Any
     )
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
+
+
+def _config(config_cls: Any, tokenizer: Any, vision_config: dict[str, Any]) -> Any:
+    """32-wide text model with real M-RoPE, the tokenizer's special-token ids, ``vision_config``'s tower."""
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
+    return config_cls(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": _HIDDEN,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": _HEADS,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": _MROPE_SECTION},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
 
 
 def reward_model_backbone(out_dir: str | os.PathLike[str], seed: int, stream: str,

@@ -1,0 +1,116 @@
+"""Z-Image (Tongyi-MAI/Z-Image, -Turbo) on the flow seam (ZImagePipeline), as diffusers' pipeline runs it.
+
+- Text: the Qwen3 text encoder's second-to-last hidden states of the chat-templated prompt, one
+  variable-length sequence per prompt (padding dropped); carried padded with the mask in ``pooled``
+  (see ``_masked_text``).
+- Guidance: Z-Image's own CFG convention, on whenever the scale is > 0 (the Turbo model runs with 0):
+  v = -(pos + s·(pos − neg)), both branches in one forward, combined in fp32. The pipeline's optional
+  ``cfg_normalization`` and ``cfg_truncation`` are off (its defaults).
+- The transformer predicts −v at time t = 1 − σ (timestep (1000 − σ·1000) / 1000); its input is a list of
+  (C, 1, h, w) latents, one per image.
+- Latents (B, 16, H/8, W/8), noise drawn in fp32 whatever the model dtype (as ``prepare_latents``).
+- Schedule: linspace(1, 1/n, n) through the scheduler with its static shift (6.0 for Z-Image, 3.0 for
+  Turbo); mu from the token count only matters if a config turns dynamic shifting on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from evalsuite.errors import ConfigError
+from evalsuite.harness.flow_config import FlowPolicyConfig
+from evalsuite.harness.flow_families import PipelineFamily
+from evalsuite.harness.flow_families._masked_text import pad_sequences, shifted_sigmas, unpad
+from evalsuite.harness.flow_trajectory import Conditioning
+
+# The attention projections and the SwiGLU MLP of every block (refiners included). PromptEcho's released
+# Z-Image LoRA (r 64, alpha 128) does not publish its targets; these cover the same layers as Flow-GRPO's
+# choice for the other DiTs plus the MLP.
+ZIMAGE_LORA_TARGETS = (
+    "attention.to_q",
+    "attention.to_k",
+    "attention.to_v",
+    "attention.to_out.0",
+    "feed_forward.w1",
+    "feed_forward.w2",
+    "feed_forward.w3",
+)
+
+
+class ZImageFamily(PipelineFamily):
+    """Z-Image / Z-Image-Turbo: see the module docstring."""
+
+    name: ClassVar[str] = "zimage"
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("ZImagePipeline",)
+    default_lora_targets: ClassVar[tuple[str, ...]] = ZIMAGE_LORA_TARGETS
+
+    def __init__(self, pipeline: Any, config: FlowPolicyConfig) -> None:
+        super().__init__(pipeline, config)
+        self.is_edit = False
+        self.guidance = "cfg" if config.guidance_scale > 0 else "none"  # the pipeline's rule, not > 1
+        self.size_multiple = pipeline.vae_scale_factor * 2
+
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, max_sequence_length, D) padded hidden states and their (B, max_sequence_length) token mask."""
+        sequences, _ = self.pipeline.encode_prompt(
+            prompt=list(prompts),  # the pipeline templates the list in place
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.config.max_sequence_length,
+        )
+        return pad_sequences(sequences, self.config.max_sequence_length)
+
+    def conditioning(
+        self, prompts: list[str], sources: Sequence[Image.Image] | None, height: int, width: int
+    ) -> Conditioning:
+        if sources is not None:
+            raise ConfigError("Z-Image is not an editing model; source images are not accepted")
+        embeds, mask = self.encode_text(prompts)
+        cond = Conditioning(embeds, mask)
+        if self.guidance == "cfg":
+            cond.negative_embeds, cond.negative_pooled = self.encode_text(
+                [self.config.negative_prompt] * len(prompts)
+            )
+            cond.cfg_scale = self.config.guidance_scale
+        return cond
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
+
+        seq_len = (height // self.size_multiple) * (width // self.size_multiple)
+        return shifted_sigmas(self.pipeline.scheduler, get_default_z_image_sigmas(num_steps), seq_len)
+
+    def velocity(
+        self, model: Any, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        n = latents.shape[0]
+        images = list(latents.to(self.device, self.dtype).unsqueeze(2).unbind(0))  # (C, 1, h, w) each
+        timestep = (1000 - sigma.to(self.device, torch.float32) * 1000) / 1000  # the pipeline's arithmetic
+        texts = unpad(cond.prompt_embeds, cond.pooled)
+        cfg = cond.negative_embeds is not None
+        if cfg:  # the pipeline's order: [positive, negative]
+            images = images + images
+            timestep = torch.cat([timestep, timestep])
+            texts = texts + unpad(cond.negative_embeds, cond.negative_pooled)
+        out = torch.stack([o.float() for o in model(images, timestep, texts, return_dict=False)[0]])
+        if cfg:
+            pos, neg = out[:n], out[n:]
+            out = pos + cond.cfg_scale * (pos - neg)
+        return -out.squeeze(2)
+
+    def initial_noise(self, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
+        """(B, 16, H/8, W/8) fp32 noise, row i drawn like ZImagePipeline with generator seeds[i]."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe = self.pipeline
+        side = 2 * (height // self.size_multiple), 2 * (width // self.size_multiple)
+        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        shape = (len(seeds), pipe.transformer.in_channels, *side)
+        return randn_tensor(shape, generator=gens, device=self.device, dtype=torch.float32)
+
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+        return self.vae_decode(latents)
