@@ -53,7 +53,7 @@ def write_qwen2_5_vl(folder: Path, seed: int) -> None:
 
 
 def qwen2_5_vl_config(tokenizer: Any) -> Qwen2_5_VLConfig:
-    """The tiny Qwen2.5-VL config over ``tokenizer`` (also the text encoder of the tiny Qwen-Image pipelines)."""
+    """The tiny Qwen2.5-VL config over ``tokenizer`` (also the tiny Qwen-Image pipelines' text encoder)."""
     return _config(Qwen2_5_VLConfig, tokenizer, _QWEN2_5_VISION)
 
 
