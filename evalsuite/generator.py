@@ -62,6 +62,10 @@ def resolve_lora(path: str) -> str:
     return path
 
 
+# Pipelines whose classifier-free guidance is ``true_cfg_scale`` (``--guidance`` maps to it).
+TRUE_CFG_PIPELINES = ("QwenImage",)
+
+
 class DiffusersGenerator(Generator):
     """Any diffusers text-to-image or image-editing pipeline (FLUX.1-dev, FLUX.1-Kontext, SD3…).
 
@@ -183,10 +187,17 @@ class DiffusersGenerator(Generator):
             "generator": [torch.Generator(device=gen_device).manual_seed(r.seed) for r in reqs],
             "output_type": "pil",
         }
-        if self.guidance_scale is not None and "guidance_scale" in self._params:
-            kwargs["guidance_scale"] = self.guidance_scale
-        if self.negative_prompt is not None and "negative_prompt" in self._params:
-            kwargs["negative_prompt"] = [self.negative_prompt] * len(reqs)
+        negative = self.negative_prompt
+        if self.guidance_scale is not None:
+            if type(self.pipeline).__name__.startswith(TRUE_CFG_PIPELINES):
+                # Qwen-Image's CFG is true_cfg_scale (guidance_scale is for distilled checkpoints), and it
+                # only runs with a negative prompt: the model card's " " when none is given.
+                kwargs["true_cfg_scale"] = self.guidance_scale
+                negative = " " if negative is None and self.guidance_scale > 1 else negative
+            elif "guidance_scale" in self._params:
+                kwargs["guidance_scale"] = self.guidance_scale
+        if negative is not None and "negative_prompt" in self._params:
+            kwargs["negative_prompt"] = [negative] * len(reqs)
         if edit:
             kwargs["image"] = [to_rgb(r.source_image, f"source of {r.prompt[:40]!r}") for r in reqs]
             if "max_area" in self._params:

@@ -71,3 +71,39 @@ def test_benchmark_seeds_are_stable_per_prompt_and_index():
     assert full[0].seed == derive_seed(7, "p0", 0) and len({s.seed for s in full}) == 6
     assert toy.samples(toy.prompts(), base_seed=8)[0].seed != full[0].seed
     assert full[4].group == "p1" and full[4].group_key == "p1"
+
+
+class _Recorder:
+    """A pipeline stand-in with both guidance arguments: records what the generator passes."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, prompt, height=64, width=64, num_inference_steps=4, generator=None, output_type="pil",
+                 guidance_scale=3.5, true_cfg_scale=4.0, negative_prompt=None):
+        self.calls.append({"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale,
+                           "negative_prompt": negative_prompt})
+        from types import SimpleNamespace
+
+        return SimpleNamespace(images=[Image.new("RGB", (width, height)) for _ in prompt])
+
+
+class QwenImagePipeline(_Recorder):
+    pass
+
+
+class FluxPipeline(_Recorder):
+    pass
+
+
+def test_guidance_reaches_each_familys_cfg_argument():
+    """``--guidance`` is FLUX's distilled guidance_scale but Qwen-Image's true_cfg_scale (which only runs
+    with a negative prompt, so the model card's " " is passed when none is given)."""
+    from evalsuite.generator import DiffusersGenerator, GenerationRequest
+
+    qwen, flux = QwenImagePipeline(), FluxPipeline()
+    for pipe in (qwen, flux):
+        generator = DiffusersGenerator(pipe, guidance_scale=5.0, height=64, width=64)
+        generator.generate([GenerationRequest("a cat", 0)])
+    assert qwen.calls == [{"guidance_scale": 3.5, "true_cfg_scale": 5.0, "negative_prompt": [" "]}]
+    assert flux.calls == [{"guidance_scale": 5.0, "true_cfg_scale": 4.0, "negative_prompt": None}]
