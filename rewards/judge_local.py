@@ -133,10 +133,15 @@ class LocalQwenJudge(PairJudge):
                 return self._score(caption, images)
             return self._generate(caption, images)
 
-    def _generate(self, caption: str, images: list[Image.Image]) -> Judgement:
+    def greedy_reply(self, chat_text: str, images: list[Image.Image]) -> tuple[str, int]:
+        """The greedy reply to one chat turn (special tokens dropped) and its number of new tokens.
+
+        Sampling settings from the checkpoint's generation config are switched off so that the reply
+        depends only on the weights (the judge and the chat scorer share this one decoding).
+        """
         import torch
 
-        inputs = self._processor(text=[self.chat_text(caption)], images=images, return_tensors="pt")
+        inputs = self._processor(text=[chat_text], images=images, return_tensors="pt")
         inputs = inputs.to(self.device)
         with torch.inference_mode():
             out = self._model.generate(
@@ -149,8 +154,11 @@ class LocalQwenJudge(PairJudge):
                 top_k=None,
             )
         new = out[0, inputs["input_ids"].shape[1] :]
-        raw = self._processor.tokenizer.decode(new, skip_special_tokens=True)
-        details = {"new_tokens": int(new.numel())}
+        return self._processor.tokenizer.decode(new, skip_special_tokens=True), int(new.numel())
+
+    def _generate(self, caption: str, images: list[Image.Image]) -> Judgement:
+        raw, new_tokens = self.greedy_reply(self.chat_text(caption), images)
+        details = {"new_tokens": new_tokens}
         try:
             pref, reasoning = parse_answer(raw)
         except AnswerParseError as e:

@@ -203,27 +203,9 @@ class LocalQwenChat(AskAll, LocalQwenJudge):
 
     def complete(self, image: Image.Image, text: str) -> str:
         """The greedy reply (special tokens dropped)."""
-        import torch
-
         with self._lock:
             self.load()
-            inputs = self._processor(
-                text=[self.chat_text(text)], images=[self.fit(image)], return_tensors="pt"
-            )
-            inputs = inputs.to(self.device)
-            with torch.inference_mode():
-                out = self._model.generate(
-                    **inputs,
-                    do_sample=False,
-                    max_new_tokens=self.max_new_tokens,
-                    repetition_penalty=self.repetition_penalty,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                )
-            return self._processor.tokenizer.decode(
-                out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-            )
+            return self.greedy_reply(self.chat_text(text), [self.fit(image)])[0]
 
     def ask(self, image: Image.Image, text: str, parse: Parse) -> ChatReply:
         return parse_once(self.complete(image, text), parse)  # greedy: a retry would repeat the reply

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from transformers import (
-    GenerationConfig,
     Qwen2VLImageProcessorPil,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
@@ -20,7 +19,8 @@ from transformers import (
 )
 
 from ._common import seeded
-from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
+from .qwen_vl import qwen_generation_config, qwen_special_ids, qwen_text_token_ids, qwen_vision_token_ids
+from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, build_qwen2_tokenizer
 
 __all__ = ["QWEN3_VL_CHAT_TEMPLATE", "write_qwen3_vl"]
 
@@ -45,7 +45,7 @@ QWEN3_VL_CHAT_TEMPLATE = QWEN2_5_VL_CHAT_TEMPLATE.replace(_QWEN2_5_VL_DEFAULT_SY
 def write_qwen3_vl(folder: Path, seed: int) -> None:
     """Tiny ``Qwen/Qwen3-VL-8B-Instruct``: ``AutoProcessor`` / ``Qwen3VLForConditionalGeneration``."""
     tokenizer = build_qwen2_tokenizer(chat_template=QWEN3_VL_CHAT_TEMPLATE)
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
+    ids = qwen_special_ids(tokenizer)
     config = Qwen3VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -59,9 +59,7 @@ def write_qwen3_vl(folder: Path, seed: int) -> None:
             "rms_norm_eps": 1e-6,
             "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": _MROPE_SECTION,
                                 "mrope_interleaved": True},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
+            **qwen_text_token_ids(ids),
         },
         vision_config={
             "depth": 2,
@@ -75,19 +73,14 @@ def write_qwen3_vl(folder: Path, seed: int) -> None:
             "num_position_embeddings": 2304,
             "deepstack_visual_indexes": [0, 1],
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(ids),
         tie_word_embeddings=False,
     )
     with seeded(seed, "qwen3-vl", "model"):
         model = Qwen3VLForConditionalGeneration(config)
     # Mirrors the real generation_config.json (sampling by default; GenEval 2 passes do_sample=False).
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+    model.generation_config = qwen_generation_config(
+        ids,
         do_sample=True,
         temperature=0.7,
         top_k=20,

@@ -30,7 +30,16 @@ from transformers import (
 from ._common import seeded
 from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen2_tokenizer
 
-__all__ = ["qwen2_5_vl_config", "reward_model_backbone", "write_qwen2_5_vl", "write_qwen2_vl"]
+__all__ = [
+    "qwen2_5_vl_config",
+    "qwen_generation_config",
+    "qwen_special_ids",
+    "qwen_text_token_ids",
+    "qwen_vision_token_ids",
+    "reward_model_backbone",
+    "write_qwen2_5_vl",
+    "write_qwen2_vl",
+]
 
 _HIDDEN = 32
 _HEADS = 2  # head_dim 16 -> 8 rotary frequencies, split over (temporal, height, width) by mrope_section
@@ -70,15 +79,13 @@ def _write(folder: Path, seed: int, stream: str, config_cls: Any, model_cls: Any
     """Tokenizer, config, seeded weights, generation config and processor shared by both releases."""
     # Like the real repos, tokenizer and processor carry the same (VL) chat template.
     tokenizer = build_qwen2_tokenizer(chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
+    ids = qwen_special_ids(tokenizer)
     config = _config(config_cls, tokenizer, vision_config)
     with seeded(seed, stream, "model"):
         model = model_cls(config)
     # Mirrors the real generation_config.json (near-greedy sampling; stop on <|im_end|> or <|endoftext|>).
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+    model.generation_config = qwen_generation_config(
+        ids,
         do_sample=True,
         repetition_penalty=1.05,
         temperature=0.1,
@@ -104,7 +111,7 @@ def _write(folder: Path, seed: int, stream: str, config_cls: Any, model_cls: Any
 
 def _config(config_cls: Any, tokenizer: Any, vision_config: dict[str, Any]) -> Any:
     """32-wide text model with real M-RoPE, the tokenizer's special-token ids, ``vision_config``'s tower."""
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
+    ids = qwen_special_ids(tokenizer)
     return config_cls(
         text_config={
             "vocab_size": len(tokenizer),
@@ -116,16 +123,39 @@ def _config(config_cls: Any, tokenizer: Any, vision_config: dict[str, Any]) -> A
             "max_position_embeddings": 32768,
             "rms_norm_eps": 1e-6,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": _MROPE_SECTION},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
+            **qwen_text_token_ids(ids),
         },
         vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(ids),
         tie_word_embeddings=False,
+    )
+
+
+def qwen_special_ids(tokenizer: Any) -> dict[str, int]:
+    """The ids of Qwen's special tokens in ``tokenizer`` (the same layout in every Qwen-VL release)."""
+    return {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
+
+
+def qwen_text_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    """A Qwen-VL language model's bos/eos/pad config fields, as every release sets them."""
+    return {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"]}
+
+
+def qwen_vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    """A Qwen-VL config's image/video placeholder and vision-span token fields."""
+    return {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"]}
+
+
+def qwen_generation_config(ids: dict[str, int], **sampling: Any) -> GenerationConfig:
+    """A release's generation config: Qwen's shared stop tokens (<|im_end|> or <|endoftext|>, padding with
+    <|endoftext|>) and that release's own ``sampling`` settings."""
+    return GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        **sampling,
     )
 
 

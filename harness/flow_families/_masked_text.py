@@ -3,6 +3,7 @@ Qwen-Image): the sequences travel padded in ``Conditioning.prompt_embeds`` with 
 the ``pooled`` slot (and ``negative_pooled`` for the negative prompt). The slot is row-indexed like the
 embeddings and replaced with them by ``FlowPolicy.with_prompts``, so slicing rows and re-prompting keep
 embeddings and mask together; the transformer sees exactly the pipeline's unpadded tokens.
+``shifted_sigmas`` is the resolution-shifted schedule these pipelines share with FLUX.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def unpad(embeds: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
 
 def shifted_sigmas(scheduler: Any, sigmas: Sequence[float], image_seq_len: int) -> torch.Tensor:
     """The scheduler's schedule for ``sigmas`` with mu from the image's token count (used only when the
-    scheduler's config turns on dynamic shifting, its static ``shift`` otherwise), as the Z-Image and
-    Qwen-Image pipelines call it: len(sigmas) + 1 fp32 values on the CPU ending at 0."""
+    scheduler's config turns on dynamic shifting, its static ``shift`` otherwise), as the FLUX, Z-Image
+    and Qwen-Image pipelines call it: len(sigmas) + 1 fp32 values on the CPU ending at 0."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     cfg = scheduler.config

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -20,6 +19,7 @@ from PIL import Image
 
 from evalsuite.harness.flow_config import FlowPolicyConfig
 from evalsuite.harness.flow_families import PipelineFamily
+from evalsuite.harness.flow_families._masked_text import shifted_sigmas
 from evalsuite.harness.flow_trajectory import Conditioning
 from evalsuite.images import to_rgb
 
@@ -110,21 +110,8 @@ class FluxFamily(PipelineFamily):
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         """FLUX's shifted schedule (resolution-dependent mu), num_steps + 1 values ending at 0."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        pipe = self.pipeline
         seq_len = (height // self.size_multiple) * (width // self.size_multiple)
-        cfg = pipe.scheduler.config
-        mu = calculate_shift(
-            seq_len,
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
-        scheduler = copy.deepcopy(pipe.scheduler)
-        scheduler.set_timesteps(sigmas=list(np.linspace(1.0, 1 / num_steps, num_steps)), mu=mu, device="cpu")
-        return scheduler.sigmas.float().cpu()
+        return shifted_sigmas(self.pipeline.scheduler, np.linspace(1.0, 1 / num_steps, num_steps), seq_len)
 
     # ---------------------------------------------------------------------------------- the forward
 
