@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="registered rewards, benchmarks and generators, with their source")
+    p = sub.add_parser("list", help="everything registered (rewards, benchmarks, trainers, flow families, …) "
+                                    "with source and license")
     p.add_argument("--kind", choices=list(registry_kinds()))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_list)
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "score",
-        help="score images (a run directory or a JSONL listing) with a reward",
+        help="score images (a run directory or a JSONL listing) with one or more rewards",
         description="Score images with a reward. Exit status: 0 when every sample was scored (or is not "
         f"applicable), {SCORE_ERRORS_EXIT} when any sample errored (--output still holds every good row and "
         "every error row; --allow-errors makes that 0), 1 on a usage or setup error.",
