@@ -73,6 +73,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "flux": "evalsuite.harness.flow_families.flux:FluxFamily",
         "sd3": "evalsuite.harness.flow_families.sd3:SD3Family",
         "qwenimage": "evalsuite.harness.flow_families.qwenimage:QwenImageFamily",
+        "qwenimage-edit": "evalsuite.harness.flow_families.qwenimage_edit:QwenImageEditFamily",
         "zimage": "evalsuite.harness.flow_families.zimage:ZImageFamily",
     },
     # Model forwards that are not rewards (contracts in evalsuite.scorer): factories taking a spec.

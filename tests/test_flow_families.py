@@ -22,7 +22,7 @@ from .flow_family_tester import (
     check_reference_is_adapter_disabled,
 )
 
-FAMILIES = ["flux", "flux-kontext", "sd3", "zimage", "qwenimage"]
+FAMILIES = ["flux", "flux-kontext", "sd3", "zimage", "qwenimage", "qwenimage-edit"]
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +48,10 @@ def family_case(name: str, tiny_dir) -> FamilyCase:
         return FamilyCase(name, tiny_dir / name, {"guidance_scale": 4.5, "negative_prompt": "blurry"})
     if name == "zimage":  # Z-Image's own CFG (pos + s·(pos − neg)) at PromptEcho's scale
         return FamilyCase(name, tiny_dir / name, {"guidance_scale": 4.0, "negative_prompt": "blurry"})
+    if name == "qwenimage-edit":  # true CFG; the text encoder and the transformer both see the source
+        settings = {"guidance_scale": 4.0, "negative_prompt": "blurry", "max_area": 32 * 32}
+        return FamilyCase(name, tiny_dir / name, settings, sources=_sources,
+                          pipeline_kwargs={"true_cfg_scale": 4.0})
     if name.startswith("qwenimage"):  # true CFG (true_cfg_scale); 128 tokens keep prompt lengths unequal
         settings = {"guidance_scale": 4.0, "negative_prompt": "blurry", "max_sequence_length": 128}
         return FamilyCase(name, tiny_dir / name, settings, pipeline_kwargs={"true_cfg_scale": 4.0})
@@ -87,7 +91,7 @@ def test_the_family_is_picked_from_model_index_and_describes_itself(case_and_pol
     case, policy = case_and_policy
     assert isinstance(policy.family, FlowFamily)
     expected = {"flux": "flux", "flux-kontext": "flux", "sd3": "sd3", "zimage": "zimage",
-                "qwenimage": "qwenimage"}[case.name]
+                "qwenimage": "qwenimage", "qwenimage-edit": "qwenimage-edit"}[case.name]
     assert policy.family.name == expected
     assert policy.describe()["family"] == expected
     assert type(policy.pipeline).__name__ in policy.family.pipeline_classes

@@ -94,6 +94,13 @@ _SPECS = (
         writer_ref="qwenimage:write_qwenimage_2512",
     ),
     TinySpec(
+        name="qwenimage-edit",
+        model_id="Qwen/Qwen-Image-Edit",
+        description="QwenImageEditPipeline: Qwen-Image + Qwen2VLProcessor (the text encoder sees the source)",
+        loaded_by=("diffusers.QwenImageEditPipeline",),
+        writer_ref="qwenimage:write_qwenimage_edit",
+    ),
+    TinySpec(
         name="qwen2.5-vl",
         model_id="Qwen/Qwen2.5-VL-7B-Instruct",
         description="Qwen2.5-VL vision-language model + processor (Qwen special tokens, chat template)",

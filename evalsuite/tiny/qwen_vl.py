@@ -36,6 +36,7 @@ __all__ = [
     "qwen_special_ids",
     "qwen_text_token_ids",
     "qwen_vision_token_ids",
+    "qwen_vl_processor",
     "reward_model_backbone",
     "write_qwen2_5_vl",
     "write_qwen2_vl",
@@ -92,21 +93,24 @@ def _write(folder: Path, seed: int, stream: str, config_cls: Any, model_cls: Any
         top_p=0.001,
         top_k=1,
     )
+    model.save_pretrained(folder, safe_serialization=True)
+    qwen_vl_processor(processor_cls, tokenizer).save_pretrained(folder)
+
+
+def qwen_vl_processor(processor_cls: Any, tokenizer: Any) -> Any:
+    """A Qwen-VL processor over ``tokenizer`` with the real pixel budget (also Qwen-Image-Edit's)."""
     # transformers 5's Qwen2_5_VLProcessor requires a video processor, and the only one is torchvision-backed,
     # so this import needs torchvision (also true when *loading* the real processor). It is imported here, not
     # at module level, so that importing evalsuite.tiny stays light. The image processor is the PIL one; both
     # backends save the same config and AutoProcessor picks the torchvision one at load time when available.
     from transformers import Qwen2VLVideoProcessor
 
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=_MIN_PIXELS, max_pixels=_MAX_PIXELS)
-    processor = processor_cls(
-        image_processor=image_processor,
+    return processor_cls(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=_MIN_PIXELS, max_pixels=_MAX_PIXELS),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(min_pixels=_MIN_PIXELS, max_pixels=_MAX_PIXELS),
         chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
     )
-    model.save_pretrained(folder, safe_serialization=True)
-    processor.save_pretrained(folder)
 
 
 def _config(config_cls: Any, tokenizer: Any, vision_config: dict[str, Any]) -> Any:

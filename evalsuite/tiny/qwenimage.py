@@ -1,4 +1,4 @@
-"""Tiny Qwen-Image / Qwen-Image-2512 pipelines (diffusers folder layout; one architecture, two checkpoints).
+"""Tiny Qwen-Image / Qwen-Image-2512 / Qwen-Image-Edit pipelines (diffusers folder layout; one architecture).
 
 Architecturally faithful where the flow policy depends on it: a ``Qwen2_5_VLForConditionalGeneration`` text
 encoder (the tiny Qwen2.5-VL's config: M-RoPE, Qwen's special tokens; the pipeline reads its last hidden
@@ -7,7 +7,8 @@ count, so with this small BPE the kept span starts elsewhere in the template), t
 ``QwenImageTransformer2DModel`` (64 packed input channels, 3-axis RoPE, ``joint_attention_dim`` = the text
 encoder's width), Qwen-Image's own causal-3D VAE ``AutoencoderKLQwenImage`` (16 latent channels, 8x, per-
 channel latents mean/std) and its scheduler config (dynamic exponential shift, terminal sigma 0.02).
-Widths and depths are shrunk so a 32 px image renders in milliseconds on a CPU.
+Widths and depths are shrunk so a 32 px image renders in milliseconds on a CPU. Qwen-Image-Edit adds the
+``Qwen2VLProcessor`` (the real pixel budget) through which its text encoder sees the source image.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import torch
 from diffusers import (
     AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
+    QwenImageEditPipeline,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor
 
 from ._common import seeded
-from .qwen_vl import qwen2_5_vl_config
+from .qwen_vl import qwen2_5_vl_config, qwen_vl_processor
 from .tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, build_qwen2_tokenizer
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "TINY_QWENIMAGE_TRANSFORMER",
     "write_qwenimage",
     "write_qwenimage_2512",
+    "write_qwenimage_edit",
 ]
 
 # Qwen/Qwen-Image scheduler/scheduler_config.json (the same in Qwen-Image-2512).
@@ -69,7 +72,7 @@ TINY_QWENIMAGE_TRANSFORMER: dict[str, object] = {
 }
 
 
-def _write(folder: Path, seed: int, name: str) -> None:
+def _write(folder: Path, seed: int, name: str, edit: bool = False) -> None:
     tokenizer = build_qwen2_tokenizer(chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
     with seeded(seed, name, "transformer"):
         transformer = QwenImageTransformer2DModel(**TINY_QWENIMAGE_TRANSFORMER)
@@ -85,13 +88,17 @@ def _write(folder: Path, seed: int, name: str) -> None:
         )
         with torch.no_grad():  # a random decoder is nearly constant; give it a trained decoder's gain
             vae.decoder.conv_out.weight.mul_(_DECODER_GAIN)
-    pipe = QwenImagePipeline(
+    parts = dict(
         scheduler=FlowMatchEulerDiscreteScheduler(**QWENIMAGE_SCHEDULER_CONFIG),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         transformer=transformer,
     )
+    if edit:  # Qwen/Qwen-Image-Edit's model_index.json: processor = transformers Qwen2VLProcessor
+        pipe = QwenImageEditPipeline(processor=qwen_vl_processor(Qwen2VLProcessor, tokenizer), **parts)
+    else:
+        pipe = QwenImagePipeline(**parts)
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
@@ -103,3 +110,8 @@ def write_qwenimage(folder: Path, seed: int) -> None:
 def write_qwenimage_2512(folder: Path, seed: int) -> None:
     """Tiny ``Qwen/Qwen-Image-2512``: the same architecture with other (seeded) weights."""
     _write(folder, seed, "qwenimage-2512")
+
+
+def write_qwenimage_edit(folder: Path, seed: int) -> None:
+    """Tiny ``Qwen/Qwen-Image-Edit``: loads with ``QwenImageEditPipeline.from_pretrained(folder)``."""
+    _write(folder, seed, "qwenimage-edit", edit=True)

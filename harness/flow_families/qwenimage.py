@@ -8,7 +8,8 @@
   guidance embedding). The positive and negative branches are two forwards (their text lengths differ),
   combined as v = neg + s·(pos − neg) and rescaled per token to the positive branch's norm.
 - Latents are packed 2x2 into tokens (B, S, 64); the timestep is (σ·1000 in the model dtype) / 1000;
-  ``Conditioning.img_ids`` holds the (frames, h, w) token grid the transformer's RoPE needs.
+  ``Conditioning.img_ids`` holds the (frames, h, w) token grids the transformer's RoPE needs (one row per
+  image in the sequence: the target's, then an editing model's source; see qwenimage_edit.py).
 - Schedule: linspace(1, 1/n, n) with a dynamic exponential shift (mu from the token count, max_shift 0.9
   at 8192 tokens) stretched to a terminal sigma of 0.02: the scheduler config's own.
 - Decoding: the causal-3D VAE with per-channel latents mean/std, one frame.
@@ -109,13 +110,18 @@ class QwenImageFamily(PipelineFamily):
     def velocity(
         self, model: Any, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
+        n = latents.shape[1]
         hidden = latents.to(self.device, self.dtype)
+        if cond.source_latents is not None:  # Qwen-Image-Edit: the source's tokens after the target's
+            hidden = torch.cat([hidden, cond.source_latents.to(self.device, self.dtype)], dim=1)
         timestep = (sigma.to(self.device, torch.float32) * 1000).to(self.dtype) / 1000  # as the pipeline
-        img_shapes = [[tuple(int(v) for v in cond.img_ids[0])]] * latents.shape[0]
-        out = self._forward(model, hidden, timestep, cond.prompt_embeds, cond.pooled, img_shapes)
+        img_shapes = [[tuple(int(v) for v in grid) for grid in cond.img_ids]] * latents.shape[0]
+        out = self._forward(model, hidden, timestep, cond.prompt_embeds, cond.pooled, img_shapes)[:, :n]
         if cond.negative_embeds is None:
             return out
-        neg = self._forward(model, hidden, timestep, cond.negative_embeds, cond.negative_pooled, img_shapes)
+        neg = self._forward(
+            model, hidden, timestep, cond.negative_embeds, cond.negative_pooled, img_shapes
+        )[:, :n]
         combined = neg + cond.cfg_scale * (out - neg)
         return combined * (torch.norm(out, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
 
