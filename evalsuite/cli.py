@@ -203,9 +203,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_page(args: argparse.Namespace) -> int:
+    """``evalsuite compare RUN_A RUN_B``: the comparison page of two runs' own scores."""
+    from evalsuite.compare import compare_runs
+    from evalsuite.compare_page import write_compare_page
+
+    cmp = compare_runs(args.run_a, args.run_b)
+    a, b = Path(args.run_a), Path(args.run_b)
+    out = Path(args.out or a.resolve().with_name(f"compare-{a.resolve().stem}-vs-{b.resolve().stem}"))
+    page = write_compare_page(cmp, out)
+    for d in cmp.deltas:
+        ci = "" if d.ci is None else f"  95% CI [{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]"
+        print(f"{d.metric} {d.task}: A {d.mean_a:.4f} B {d.mean_b:.4f} delta {d.delta:+.4f}{ci} "
+              f"({d.prompts} prompts)")
+    for w in cmp.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"comparison page: {page}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    if (args.judge is None) == (args.reward is None):
-        print("evalsuite compare: give exactly one of --judge (DenseAlignBench) or --reward", file=sys.stderr)
+    if args.judge is None and args.reward is None:
+        return _compare_page(args)
+    if args.judge is not None and args.reward is not None:
+        print("evalsuite compare: give at most one of --judge (DenseAlignBench) or --reward", file=sys.stderr)
         return 2
     if args.reward:
         from evalsuite.registry import get_reward
@@ -419,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-prompt", type=int, default=2)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("compare", help="compare two runs: DenseAlignBench VLM judge, or any reward pairwise")
+    p = sub.add_parser("compare", help="compare two runs: a page of per-task deltas (95%% CI) and the "
+                       "prompts where they disagree; or a DenseAlignBench VLM judge, or a reward pairwise")
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("--judge", help="OpenAI-compatible base URL, or 'local' (Qwen2.5-VL via transformers)")
@@ -427,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", help="instead of a judge: score both runs with this reward and compare")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reward option (with --reward)")
     p.add_argument(
-        "--out", help="output directory (judged pairs are stored as they complete; rerun to resume)"
+        "-o", "--out", help="output directory (default: compare-A-vs-B next to RUN_A; judged pairs are "
+        "stored as they complete, rerun to resume)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the A/B order swaps (recorded)")
     p.add_argument("--workers", type=int)
