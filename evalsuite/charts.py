@@ -13,14 +13,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from evalsuite.optional import require
-
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d")
 
 
 def _pyplot() -> Any:
-    matplotlib = require("matplotlib", "report", purpose="the charts of the HTML pages")
-    matplotlib.use("Agg", force=False)
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # no display: render to files only
     import matplotlib.pyplot as plt
 
     return plt
@@ -54,6 +53,7 @@ def line_chart(name: str, title: str, series: dict[str, tuple[Sequence[float], S
             continue
         px, py = zip(*pts)
         ax.plot(px, py, marker="o", markersize=3, linewidth=1.5, color=PALETTE[i % len(PALETTE)], label=label)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

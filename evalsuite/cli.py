@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -290,7 +291,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
         argv += ["--steps", str(args.steps)]
     if args.no_resume:
         argv.append("--no-resume")
-    return trainer.run(argv)
+    code = trainer.run(argv)
+    if int(os.environ.get("RANK", 0)) == 0:  # under accelerate launch: one page, written by rank 0
+        _training_page(_train_out_dir(args))
+    return code
+
+
+def _train_out_dir(args: argparse.Namespace) -> Path | None:
+    """The run folder a recipe trains into: ``--out-dir``, else the last ``--set out_dir=``, else the
+    recipe's ``out_dir`` (None when none names it: the trainer's default is its own business)."""
+    import yaml
+
+    if args.out_dir:
+        return Path(args.out_dir)
+    named = [o.partition("=")[2] for o in args.set or [] if o.partition("=")[0].strip() == "out_dir"]
+    if named:
+        return Path(yaml.safe_load(named[-1]))
+    try:
+        data = yaml.safe_load(Path(args.config).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return Path(data["out_dir"]) if isinstance(data, dict) and data.get("out_dir") else None
+
+
+def _training_page(out_dir: Path | None) -> None:
+    """``report.html`` of a training folder that logged at least one step (a failure to write it is a
+    warning: it must not turn a finished training run into a failed command)."""
+    if out_dir is None or not (out_dir / "metrics.csv").is_file():
+        return
+    from evalsuite.training_report import render_training_report
+
+    try:
+        print(f"training report: {render_training_report(out_dir)}")
+    except Exception as e:  # the page is a by-product of the run
+        logging.getLogger("evalsuite").warning("could not write %s/report.html: %s", out_dir, e)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from evalsuite.training_report import render_training_report
+
+    print(f"training report: {render_training_report(args.run_dir)}")
+    return 0
 
 
 def registry_kinds() -> tuple[str, ...]:
@@ -473,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer", help="a registered trainer (evalsuite list --kind trainers); default: the "
                                      "one that takes the recipe (flow recipes: flow, else rewriter)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("report", help="write report.html of a training run folder (finished or running): "
+                                      "curves and logged image grids")
+    p.add_argument("run_dir", help="the folder `evalsuite train` writes (metrics.csv, manifest.json, …)")
+    p.set_defaults(func=_cmd_report)
 
     return parser
 

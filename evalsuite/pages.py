@@ -19,7 +19,7 @@ STYLE = (
     ".pair{display:flex;gap:6px;margin:6px 0;align-items:flex-start;border-bottom:1px solid #eee}"
     ".pair figure{margin:0;width:180px}.pair img,.grids img{width:180px;height:180px;object-fit:contain;"
     "background:#eee;display:block}.pair figcaption{font-size:11px}.pair .prompt{width:320px;font-size:12px}"
-    ".grids img{width:auto;max-width:100%;height:auto;image-rendering:pixelated;min-width:256px}"
+    ".grids img{width:512px;max-width:100%;height:auto;image-rendering:pixelated}"
     ".pos{color:#1a7f37}.neg{color:#b42318}.muted{color:#777}"
 )
 
