@@ -6,11 +6,12 @@ import argparse
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from evalsuite import cli_pages
 
 # `evalsuite score`: the output is written, but some samples errored (a distinct code CI can gate on).
 SCORE_ERRORS_EXIT = 3
@@ -204,28 +205,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare_page(args: argparse.Namespace) -> int:
-    """``evalsuite compare RUN_A RUN_B``: the comparison page of two runs' own scores."""
-    from evalsuite.compare import compare_runs
-    from evalsuite.compare_page import write_compare_page
-
-    cmp = compare_runs(args.run_a, args.run_b)
-    a, b = Path(args.run_a), Path(args.run_b)
-    out = Path(args.out or a.resolve().with_name(f"compare-{a.resolve().stem}-vs-{b.resolve().stem}"))
-    page = write_compare_page(cmp, out)
-    for d in cmp.deltas:
-        ci = "" if d.ci is None else f"  95% CI [{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]"
-        print(f"{d.metric} {d.task}: A {d.mean_a:.4f} B {d.mean_b:.4f} delta {d.delta:+.4f}{ci} "
-              f"({d.prompts} prompts)")
-    for w in cmp.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"comparison page: {page}")
-    return 0
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     if args.judge is None and args.reward is None:
-        return _compare_page(args)
+        return cli_pages.compare_page(args)
     if args.judge is not None and args.reward is not None:
         print("evalsuite compare: give at most one of --judge (DenseAlignBench) or --reward", file=sys.stderr)
         return 2
@@ -292,46 +274,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.no_resume:
         argv.append("--no-resume")
     code = trainer.run(argv)
-    if int(os.environ.get("RANK", 0)) == 0:  # under accelerate launch: one page, written by rank 0
-        _training_page(_train_out_dir(args))
+    cli_pages.training_page(args)
     return code
-
-
-def _train_out_dir(args: argparse.Namespace) -> Path | None:
-    """The run folder a recipe trains into: ``--out-dir``, else the last ``--set out_dir=``, else the
-    recipe's ``out_dir`` (None when none names it: the trainer's default is its own business)."""
-    import yaml
-
-    if args.out_dir:
-        return Path(args.out_dir)
-    named = [o.partition("=")[2] for o in args.set or [] if o.partition("=")[0].strip() == "out_dir"]
-    if named:
-        return Path(yaml.safe_load(named[-1]))
-    try:
-        data = yaml.safe_load(Path(args.config).read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return Path(data["out_dir"]) if isinstance(data, dict) and data.get("out_dir") else None
-
-
-def _training_page(out_dir: Path | None) -> None:
-    """``report.html`` of a training folder that logged at least one step (a failure to write it is a
-    warning: it must not turn a finished training run into a failed command)."""
-    if out_dir is None or not (out_dir / "metrics.csv").is_file():
-        return
-    from evalsuite.training_report import render_training_report
-
-    try:
-        print(f"training report: {render_training_report(out_dir)}")
-    except Exception as e:  # the page is a by-product of the run
-        logging.getLogger("evalsuite").warning("could not write %s/report.html: %s", out_dir, e)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from evalsuite.training_report import render_training_report
-
-    print(f"training report: {render_training_report(args.run_dir)}")
-    return 0
 
 
 def registry_kinds() -> tuple[str, ...]:
@@ -515,10 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "one that takes the recipe (flow recipes: flow, else rewriter)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("report", help="write report.html of a training run folder (finished or running): "
-                                      "curves and logged image grids")
-    p.add_argument("run_dir", help="the folder `evalsuite train` writes (metrics.csv, manifest.json, …)")
-    p.set_defaults(func=_cmd_report)
+    cli_pages.add_report_parser(sub)
 
     return parser
 
