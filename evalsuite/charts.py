@@ -82,6 +82,9 @@ def bar_chart(name: str, title: str, labels: Sequence[str], values: Sequence[flo
                     xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     if zero_line:
         ax.axvline(0, color="#222", linewidth=0.8)
+    else:  # scores: the axis starts at 0 so bar lengths compare (and all-zero rows still get an axis)
+        top = max([v for v in vals if math.isfinite(v)], default=0.0)
+        ax.set_xlim(0, top * 1.15 if top > 0 else 1.0)
     ax.set_yticks(ys, [str(label) for label in labels], fontsize=8)
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)

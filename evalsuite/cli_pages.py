@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 
@@ -23,8 +22,6 @@ def compare_page(args: argparse.Namespace) -> int:
         ci = "" if d.ci is None else f"  95% CI [{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]"
         print(f"{d.metric} {d.task}: A {d.mean_a:.4f} B {d.mean_b:.4f} delta {d.delta:+.4f}{ci} "
               f"({d.prompts} prompts)")
-    for w in cmp.warnings:
-        print(f"warning: {w}", file=sys.stderr)
     print(f"comparison page: {page}")
     return 0
 

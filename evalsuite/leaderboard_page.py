@@ -51,13 +51,14 @@ def _links(run: Path, page_dir: Path) -> str:
 
 def render_html(directory: Path, benchmark: str, rows: list[dict[str, Any]], metrics: list[str]) -> str:
     """The page for rows already ranked (best first) with their metric columns."""
-    head = ["#", "model", *metrics, "made with", "scorers", "images", "created", "run"]
+    head = ["#", "model (how the number was made)", *metrics, "images", "created"]
     cells = []
     for rank, r in enumerate(rows, 1):
         run = Path(str(r.get("run")))
-        cells.append([str(rank), esc(r.get("model")), *[fmt(r.get(m)) for m in metrics],
-                      _made_with(_manifest(run)), esc(r.get("scorers")), fmt(r.get("images")),
-                      esc(r.get("created")), _links(run, directory)])
+        about = (f"<b>{esc(r.get('model'))}</b> {_links(run, directory)}<br><span class='small'>"
+                 f"{_made_with(_manifest(run))}<br>scorers: {esc(r.get('scorers'))}</span>")
+        cells.append([str(rank), about, *[fmt(r.get(m)) for m in metrics], fmt(r.get("images")),
+                      esc(r.get("created"))])
     labels = [f"{i}. {str(r.get('model'))[-LABEL_CHARS:]}" for i, r in enumerate(rows, 1)]
     charts = [bar_chart(f"task-{m}", m, labels, [r.get(m) for r in rows]) for m in metrics
               if m not in NOT_CHARTED and any(isinstance(r.get(m), (int, float)) for r in rows)]

@@ -20,6 +20,7 @@ STYLE = (
     ".pair figure{margin:0;width:180px}.pair img,.grids img{width:180px;height:180px;object-fit:contain;"
     "background:#eee;display:block}.pair figcaption{font-size:11px}.pair .prompt{width:320px;font-size:12px}"
     ".grids img{width:512px;max-width:100%;height:auto;image-rendering:pixelated}"
+    ".small{font-size:11px;display:inline-block;min-width:240px;max-width:420px;overflow-wrap:anywhere}"
     ".pos{color:#1a7f37}.neg{color:#b42318}.muted{color:#777}"
 )
 

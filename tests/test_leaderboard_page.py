@@ -51,7 +51,7 @@ def board(tmp_path):
 
 def test_page_ranks_runs_and_links_each_to_its_report_and_manifest(board):
     page = (board / "toy.html").read_text()
-    rows = re.findall(r"<tr><td class=\"text\">(\d)</td><td class=\"text\">([^<]+)</td>", page)
+    rows = re.findall(r"<tr><td class=\"text\">(\d)</td><td class=\"text\"><b>([^<]+)</b>", page)
     assert rows == [("1", "grey-200"), ("2", "grey-60")]  # brighter scores higher: best first
     assert "href='../runs/grey200/report.html'" in page and "href='../runs/grey60/manifest.json'" in page
     assert "seed 7" in page and "images/prompt 1" in page and "steps 28" in page and "size 32×32" in page
