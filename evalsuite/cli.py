@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evalsuite import cli_pages
+
 # `evalsuite score`: the output is written, but some samples errored (a distinct code CI can gate on).
 SCORE_ERRORS_EXIT = 3
 # Commands that load diffusers pipelines outside DiffusersGenerator (-q must switch their bars off up front).
@@ -204,8 +206,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    if (args.judge is None) == (args.reward is None):
-        print("evalsuite compare: give exactly one of --judge (DenseAlignBench) or --reward", file=sys.stderr)
+    if args.judge is None and args.reward is None:
+        return cli_pages.compare_page(args)
+    if args.judge is not None and args.reward is not None:
+        print("evalsuite compare: give at most one of --judge (DenseAlignBench) or --reward", file=sys.stderr)
         return 2
     if args.reward:
         from evalsuite.registry import get_reward
@@ -269,7 +273,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         argv += ["--steps", str(args.steps)]
     if args.no_resume:
         argv.append("--no-resume")
-    return trainer.run(argv)
+    code = trainer.run(argv)
+    cli_pages.training_page(args)
+    return code
 
 
 def registry_kinds() -> tuple[str, ...]:
@@ -419,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-prompt", type=int, default=2)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("compare", help="compare two runs: DenseAlignBench VLM judge, or any reward pairwise")
+    p = sub.add_parser("compare", help="compare two runs: a page of per-task deltas (95%% CI) and the "
+                       "prompts where they disagree; or a DenseAlignBench VLM judge, or a reward pairwise")
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("--judge", help="OpenAI-compatible base URL, or 'local' (Qwen2.5-VL via transformers)")
@@ -427,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", help="instead of a judge: score both runs with this reward and compare")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reward option (with --reward)")
     p.add_argument(
-        "--out", help="output directory (judged pairs are stored as they complete; rerun to resume)"
+        "-o", "--out", help="output directory (default: compare-A-vs-B next to RUN_A; judged pairs are "
+        "stored as they complete, rerun to resume)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the A/B order swaps (recorded)")
     p.add_argument("--workers", type=int)
@@ -450,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer", help="a registered trainer (evalsuite list --kind trainers); default: the "
                                      "one that takes the recipe (flow recipes: flow, else rewriter)")
     p.set_defaults(func=_cmd_train)
+
+    cli_pages.add_report_parser(sub)
 
     return parser
 

@@ -1,4 +1,5 @@
-"""Leaderboards: one row per (run, benchmark) in ``<dir>/<benchmark>.jsonl``, rendered to ``<benchmark>.md``.
+"""Leaderboards: one row per (run, benchmark) in ``<dir>/<benchmark>.jsonl``, rendered to ``<benchmark>.md``
+and ``<benchmark>.html`` (a row per run linking to its report and manifest, a chart per task).
 
 A row carries the scorer backends and modes next to the numbers, because numbers from different
 backends (mmdet vs transformers detector, mPLUG vs Qwen VQA) must never be ranked together silently.
@@ -48,7 +49,9 @@ def add_run(directory: str | os.PathLike, run_dir: str | os.PathLike, *, model: 
 
 
 def render(directory: str | os.PathLike, benchmark: str) -> str:
-    """Markdown table of a benchmark's rows, best first by its first numeric column."""
+    """Markdown table of a benchmark's rows, best first by its first numeric column (and the HTML page)."""
+    from evalsuite.leaderboard_page import render_html
+
     directory = Path(directory)
     rows = JsonlLog(directory / f"{benchmark}.jsonl").read()
     fixed = ["model", "scorers", "images", "created"]
@@ -71,4 +74,5 @@ def render(directory: str | os.PathLike, benchmark: str) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(directory / f"{benchmark}.md", text)
+    atomic_write_text(directory / f"{benchmark}.html", render_html(directory, benchmark, rows, metrics))
     return text
