@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from evalsuite import Sample
+from evalsuite.rewards.compbench_detection import CompBenchDetection
 from evalsuite.rewards.detection_evidence import coarse_mask, geneval_evidence, labelled_evidence
 from evalsuite.rewards.geneval import GenEvalReward
 from evalsuite.rewards.geneval_rules import judge, keep_detections
@@ -120,3 +121,35 @@ def test_reward_records_evidence_without_moving_a_score():
     ev = out.details[0]["evidence"]
     assert [b["class"] for b in ev["below"]] == ["cat"] and ev["size"] == [64, 64]
     assert out.details[0]["reason"] == "include[0]: expected cat>=1, found 0"
+
+
+class FixedDetector:
+    def __init__(self, detections):
+        self.detections = detections
+
+    def detect(self, images, min_score):
+        return [self.detections for _ in images]
+
+
+def test_compbench_spatial_evidence_in_image_pixels():
+    """Boxes stay in image pixels (the rule's UniDet frame is for its threshold only); the person at 0.3
+    is under the official 0.5 and shows dimmed; the missing mouse makes the score 0 and its object failed."""
+    dets = {"person": [{"box": [0, 0, 100, 100], "score": 0.9}, {"box": [0, 0, 9, 9], "score": 0.3}],
+            "computer mouse": [{"box": [200, 200, 300, 300], "score": 0.45}]}
+    sample = Sample("s", "a woman near a mouse", Image.new("RGB", (1024, 1024)))
+    out = CompBenchDetection(detector=FixedDetector(dets)).score([sample])
+    assert out.scores == [0.0]
+    ev = out.details[0]["evidence"]
+    assert [(k["class"], k["box"], k["failed"]) for k in ev["kept"]] == [
+        ("person", [0.0, 0.0, 100.0, 100.0], [])]
+    assert [(b["class"], b["score"]) for b in ev["below"]] == [("person", 0.3), ("mouse", 0.45)]
+    assert ev["threshold"] == 0.5 and ev["size"] == [1024, 1024]
+
+
+def test_compbench_numeracy_evidence_marks_the_wrong_count():
+    dets = {"cup": [{"box": [0, 0, 10, 10], "score": 0.9}, {"box": [50, 50, 60, 60], "score": 0.8}]}
+    sample = Sample("s", "three cups", Image.new("RGB", (100, 100)))
+    scorer = CompBenchDetection(task="numeracy", detector=FixedDetector(dets), objects=(["cup"], ["cups"]))
+    out = scorer.score([sample])
+    assert out.details[0]["detected"] == [2] and out.details[0]["counts"] == [3]
+    assert [k["failed"] for k in out.details[0]["evidence"]["kept"]] == [["cup"], ["cup"]]
