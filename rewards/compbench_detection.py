@@ -15,7 +15,6 @@ from PIL import Image
 from evalsuite.errors import ConfigError
 from evalsuite.nlp import parse, spacy_nlp
 from evalsuite.reward import Reward, Score
-from evalsuite.rewards.detection_evidence import CANDIDATE_FLOOR, labelled_evidence
 from evalsuite.rewards.compbench_rules import (
     dedup_detections,
     numeracy_score,
@@ -24,6 +23,7 @@ from evalsuite.rewards.compbench_rules import (
     spatial_score,
     unidet_input_size,
 )
+from evalsuite.rewards.detection_evidence import CANDIDATE_FLOOR, labelled_evidence
 from evalsuite.sample import Sample
 
 __all__ = ["CompBenchDetection", "Detections"]
@@ -119,7 +119,8 @@ class CompBenchDetection(Reward):
         if hasattr(self.detector, "detect"):
             # built-in backends: down to the candidate floor for the evidence (the rule still reads only
             # > min_score); a custom detector is asked what it always was
-            floor = min(self.min_score, CANDIDATE_FLOOR) if isinstance(self.detector_spec, str) else self.min_score
+            builtin = isinstance(self.detector_spec, str)
+            floor = min(self.min_score, CANDIDATE_FLOOR) if builtin else self.min_score
             return self.detector.detect(images, floor)
         if callable(self.detector):
             return self.detector(images)
@@ -150,7 +151,8 @@ class CompBenchDetection(Reward):
                 key=lambda t: -t[2],
             )
             tokens = parse(self.nlp, s.prompt).tokens
-            score = self._numeracy(tokens, flat) if self.task == "numeracy" else self._spatial(s, tokens, flat)
+            numeracy = self.task == "numeracy"
+            score = self._numeracy(tokens, flat) if numeracy else self._spatial(s, tokens, flat)
             score.details["evidence"] = self._evidence(dets, score.details, s.image.size)
             out.append(score)
         return out

@@ -91,8 +91,9 @@ def geneval_evidence(
     for cls, labels in clauses.items():
         got = list((colors or {}).get(cls, ()))
         for j, det in enumerate(kept.get(cls, ())):
-            item: dict[str, Any] = {"class": cls, "box": _box(det["box"]), "score": round(float(det["score"]), 4),
-                                    "clauses": labels, "failed": [c for c in labels if c in failed]}
+            item: dict[str, Any] = {"class": cls, "box": _box(det["box"]),
+                                    "score": round(float(det["score"]), 4), "clauses": labels,
+                                    "failed": [c for c in labels if c in failed]}
             if j < len(got):
                 item["color"] = got[j]
             mask = coarse_mask(det.get("mask"), det["box"])

@@ -487,8 +487,8 @@ class GenEvalReward(Reward):
                 "counts": res.counts,
                 "colors": colors[k],
                 "evidence": geneval_evidence(
-                    detections[k], kept[k], s.metadata, threshold=self.thresholds.confidence(s.metadata["tag"]),
-                    failed_clauses=res.failed_clauses, colors=colors[k], size=s.image.size,
+                    detections[k], kept[k], s.metadata, failed_clauses=res.failed_clauses, colors=colors[k],
+                    threshold=self.thresholds.confidence(s.metadata["tag"]), size=s.image.size,
                 ),
             }
             if res.mode == "partial":
