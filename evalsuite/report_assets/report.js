@@ -1,6 +1,6 @@
 // The run report's sample grid: cards rendered from the JSON blob a page at a time, with filters, sorting
 // and the per-image evidence overlay. State lives in the URL hash, so a filtered view is a link
-// (report.html#status=fail&task=counting&overlay=1). No network, no library.
+// (report.html#status=fail&task=counting&overlay=1; overlay=ID,ID opens single images). No network, no library.
 (function () {
   "use strict";
   var CARDS = JSON.parse(document.getElementById("cards").textContent);
@@ -93,6 +93,7 @@
       return (x < y ? -1 : 1) * sign;
     });
   }
+  function opened() { return state.overlay && state.overlay !== "1" ? state.overlay.split(",") : []; }
   function fmt(v) { return typeof v === "number" ? (Math.round(v * 1000) / 1000).toString() : String(v); }
 
   function overlay(ev) {
@@ -101,7 +102,7 @@
     svg.setAttribute("viewBox", "0 0 " + size[0] + " " + size[1]);
     svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
     svg.setAttribute("class", "ev");
-    var font = Math.max(size[0], size[1]) / 22;
+    var font = Math.max(size[0], size[1]) / 16;
     function shape(d, kind) {
       var g = document.createElementNS(SVGNS, "g");
       var bad = kind === "kept" && d.failed && d.failed.length;
@@ -126,11 +127,18 @@
       rect.setAttribute("stroke-width", Math.max(size[0], size[1]) / 110);
       if (kind === "below") rect.setAttribute("stroke-dasharray", font / 2);
       g.appendChild(rect);
+      var text = describe(d, kind, ev.threshold, true);
+      var tag = document.createElementNS(SVGNS, "rect");  // a label chip, readable over any image
+      var top = Math.max(b[1] - font * 1.2, 0);
+      var width = text.length * font * 0.56 + font * 0.4, left = Math.max(Math.min(b[0], size[0] - width), 0);
+      tag.setAttribute("x", left); tag.setAttribute("y", top);
+      tag.setAttribute("width", width); tag.setAttribute("height", font * 1.2);
+      tag.setAttribute("fill", colour); tag.setAttribute("fill-opacity", kind === "below" ? "0.8" : "0.9");
+      g.appendChild(tag);
       var label = document.createElementNS(SVGNS, "text");
-      label.setAttribute("x", b[0] + 2); label.setAttribute("y", Math.max(b[1] + font, font));
-      label.setAttribute("font-size", font); label.setAttribute("fill", colour);
-      label.setAttribute("stroke", "#000"); label.setAttribute("stroke-width", font / 14); label.setAttribute("paint-order", "stroke");
-      label.textContent = describe(d, kind, ev.threshold);
+      label.setAttribute("x", left + font * 0.2); label.setAttribute("y", top + font * 0.95);
+      label.setAttribute("font-size", font); label.setAttribute("fill", "#000");
+      label.textContent = text;
       g.appendChild(label);
       svg.appendChild(g);
     }
@@ -138,9 +146,9 @@
     (ev.kept || []).forEach(function (d) { shape(d, "kept"); });
     return svg;
   }
-  function describe(d, kind, threshold) {
+  function describe(d, kind, threshold, short) {
     if (kind === "below") return d["class"] + " " + fmt(d.score) + (d.score < threshold ? " < " : " ≤ ") + fmt(threshold);
-    return d["class"] + " " + fmt(d.score) + (d.color ? " " + d.color : "") + (d.failed && d.failed.length ? " ✗ " + d.failed.join(",") : "");
+    return d["class"] + " " + fmt(d.score) + (d.color ? " " + d.color : "") + (d.failed && d.failed.length ? (short ? " ✗" : " ✗ " + d.failed.join(",")) : "");
   }
   function evidenceList(ev) {
     var ul = el("ul", {"class": "ev-list"});
@@ -178,9 +186,17 @@
       btn.addEventListener("click", function () {
         var on = fig.classList.toggle("show-ev");
         btn.setAttribute("aria-pressed", on ? "true" : "false");
+        if (state.overlay !== "1") {
+          var ids = opened().filter(function (x) { return x !== c.id; });
+          state.overlay = (on ? ids.concat([c.id]) : ids).join(",");
+          writeHash();
+        }
       });
       pic.appendChild(btn);
-      if (state.overlay === "1") { fig.classList.add("show-ev"); btn.setAttribute("aria-pressed", "true"); }
+      if (state.overlay === "1" || opened().indexOf(c.id) >= 0) {
+        fig.classList.add("show-ev");
+        btn.setAttribute("aria-pressed", "true");
+      }
     }
     fig.appendChild(pic);
     var cap = el("figcaption", {});
