@@ -95,6 +95,9 @@ def _bar_chart(table) -> str:
             f'font-size="12">{"".join(rows)}</svg>')
 
 
+_CARDS_TAG = "<script type='application/json' id='cards'>"
+
+
 def _asset(name: str) -> str:
     return (resources.files("evalsuite") / "report_assets" / name).read_text(encoding="utf-8")
 
@@ -102,6 +105,15 @@ def _asset(name: str) -> str:
 def _json_script(value: Any) -> str:
     """JSON safe to inline in a <script> element (no "</script>" or "<!--" can end it early)."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+
+
+def cards_in(page: str) -> list[dict[str, Any]]:
+    """The sample cards a written report holds (its JSON blob), for tools and tests that read reports."""
+    start = page.find(_CARDS_TAG)
+    if start < 0:
+        raise ValueError("not an evalsuite run report: no sample cards blob")
+    start += len(_CARDS_TAG)
+    return json.loads(page[start:page.index("</script>", start)])
 
 
 def html_report(benchmark, summary: dict[str, Any], table, per_sample, out: Path | None = None) -> str:
@@ -119,6 +131,6 @@ def html_report(benchmark, summary: dict[str, Any], table, per_sample, out: Path
         f"<ul>{summary_items}</ul><p>Scored by: {scorers}</p>{table.to_html(float_format='%.4f')}"
         f"{_bar_chart(table)}<h2>Samples</h2><div id='controls' role='search'></div><div id='grid'></div>"
         f"<noscript>The sample grid needs JavaScript; every record is in samples.jsonl.</noscript>"
-        f"<script type='application/json' id='cards'>{blob}</script><script>{_asset('report.js')}</script>"
+        f"{_CARDS_TAG}{blob}</script><script>{_asset('report.js')}</script>"
         "</body></html>\n"
     )

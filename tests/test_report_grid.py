@@ -3,14 +3,13 @@ questions), thumbnails written once. Browser behaviour is in test_report_browser
 
 from __future__ import annotations
 
-import json
 import re
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from evalsuite.report import html_report, write_outputs
+from evalsuite.report import cards_in, html_report, write_outputs
 from evalsuite.report_samples import cards, reason_kind, status_of, thumbnail
 from evalsuite.textdiff import text_diff
 
@@ -126,12 +125,6 @@ class FakeBench:
         return {"name": "fake"}
 
 
-def blob(page: str) -> list[dict]:
-    found = re.search(r"<script type='application/json' id='cards'>(.*?)</script>", page, re.S)
-    assert found, "the cards blob is missing"
-    return json.loads(found.group(1))
-
-
 def test_the_page_holds_one_json_blob_and_no_card_markup(tmp_path):
     prompt = 'a sign saying "</script><script>alert(1)</script>"'
     rows = [{"id": f"{i:05d}/0", "group": f"{i:05d}", "prompt": prompt, "image": f"i{i}.png", "score": i % 2,
@@ -139,7 +132,7 @@ def test_the_page_holds_one_json_blob_and_no_card_markup(tmp_path):
     frame = pd.DataFrame(rows)
     table = pd.DataFrame({"accuracy": [0.5]}, index=pd.Index(["single_object"], name="task"))
     page = html_report(FakeBench(), {"overall": 0.5}, table, frame)
-    data = blob(page)
+    data = cards_in(page)
     assert len(data) == 300 and data[0]["prompt"] == prompt  # the prompt's "</script>" cannot end the blob
     assert page.count("<figure") == 0 and "<script>alert" not in page
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
@@ -152,6 +145,6 @@ def test_write_outputs_writes_thumbnails_next_to_the_report(tmp_path):
                            "error": None, "evidence": EVIDENCE}])
     table = pd.DataFrame({"score": [1.0]}, index=pd.Index(["0"], name="prompt"))
     write_outputs(tmp_path, FakeBench(), {"score": 1.0}, table, frame)
-    card = blob((tmp_path / "report.html").read_text())[0]
+    card = cards_in((tmp_path / "report.html").read_text())[0]
     assert (tmp_path / card["thumb"]).is_file() and card["img"] == "images/0.png"
     assert pd.read_parquet(tmp_path / "samples.parquet")["evidence"][0]["below"][0]["class"] == "cat"
