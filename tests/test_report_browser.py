@@ -145,3 +145,21 @@ def test_a_full_geneval_run_renders_one_page_of_cards(tmp_path):
     assert dom.count('loading="lazy"') == 52 and 'src="thumbs/' in dom
     shot = tmp_path / "full-run.png"
     chromium(tmp_path, (tmp_path / "report.html").as_uri() + "#status=fail&overlay=1", shot=shot)
+
+
+def test_ocr_edit_and_questions_render(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32), MAGENTA).save(tmp_path / "images" / "0.png")
+    frame = pd.DataFrame([
+        {"id": "sign/0", "group": "sign", "prompt": 'a sign "OPEN"', "image": "images/0.png", "score": 0.75,
+         "error": None, "ocr.target": "OPEN", "ocr.recognized": "0PEN"},
+        {"id": "dpg/0", "group": "dpg", "prompt": "a black cat", "image": "images/0.png", "score": 0.5,
+         "error": None, "questions": ["is there a cat?", "is the cat black?"], "answers": ["yes", "no"],
+         "final": [1.0, 0.0]},
+    ])
+    table = pd.DataFrame({"score": [0.6]}, index=pd.Index(["all"], name="task"))
+    write_outputs(tmp_path, FakeGenEval(), {"score": 0.6}, table, frame)
+    dom = chromium(tmp_path, (tmp_path / "report.html").as_uri())
+    assert '<del>O</del><ins>0</ins>PEN' in dom
+    assert '<li class="yes">is there a cat? → yes</li><li class="no">is the cat black? → no</li>' in dom
+    chromium(tmp_path, (tmp_path / "report.html").as_uri(), shot=tmp_path / "ocr-qa.png", size="1000,1100")

@@ -158,13 +158,16 @@
     return ul;
   }
   function ocr(ops) {
-    var div = el("div", {"class": "ocr", title: "expected → recognised (struck: missing, green: extra)"});
+    var div = el("div", {"class": "ocr", title: "expected text against what OCR read (red: missing, green: read instead)"});
+    div.appendChild(el("span", {"class": "dim"}, "text: "));
     ops.forEach(function (op) { div.appendChild(op[0] === "=" ? document.createTextNode(op[1]) : el(op[0] === "-" ? "del" : "ins", {}, op[1])); });
     return div;
   }
   function qa(items) {
     var det = el("details", {});
-    det.appendChild(el("summary", {}, items.length + " questions"));
+    var scored = items.filter(function (it) { return it.s !== undefined; });
+    var passed = scored.filter(function (it) { return it.s >= 0.5; }).length;
+    det.appendChild(el("summary", {}, items.length + " questions" + (scored.length ? ", " + passed + " passed" : "")));
     var ol = el("ol", {"class": "qa"});
     items.forEach(function (it) {
       var text = it.q + (it.a !== undefined ? " → " + it.a : "") + (it.gold !== undefined ? " (expected " + it.gold + ")" : "")
