@@ -143,7 +143,8 @@ def _plain(value: Any) -> Any:
 
 def questions(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     """Each question asked of the image with its answer and credit, from what the benchmarks record:
-    DPG (questions, answers, final/raw 0/1), TIIF (metadata questions + gold answers, the judge's preds),
+    DPG (questions, answers, final/raw 0/1), TIIF (metadata questions + gold answers, the judge's preds and
+    per-question ``hits``),
     GenEval 2 (metadata ``vqa_list`` [question, answer] pairs, soft ``question_scores``)."""
     qs = _listish(_field(row, "questions"))
     if qs is None and (pairs := _listish(_field(row, "vqa_list"))) is not None:
@@ -153,6 +154,7 @@ def questions(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     out = [{"q": str(q)} for q in qs]
     meta = row.get("metadata") if isinstance(row.get("metadata"), Mapping) else {}
     preds, gold = _listish(_field(row, "preds")), _listish(meta.get("answers"))
+    hits = _listish(row.get("hits"))
     answers = _listish(row.get("answers")) if preds is None else preds
     credit = _listish(row.get("final")) or _listish(row.get("raw"))
     soft = _listish(_field(row, "question_scores"))
@@ -161,7 +163,8 @@ def questions(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
             item["a"] = str(answers[k])
         if preds is not None and gold is not None and k < len(gold):
             item["gold"] = str(gold[k])
-            item["s"] = 1.0 if item.get("a", "").strip().lower() == item["gold"].strip().lower() else 0.0
+            if hits is not None and k < len(hits):  # the benchmark's own verdict, not re-judged here
+                item["s"] = float(bool(hits[k]))
         elif soft is not None and k < len(soft) and _number(soft[k]) is not None:
             item["s"] = round(float(soft[k]), 4)
         elif credit is not None and k < len(credit) and _number(credit[k]) is not None:

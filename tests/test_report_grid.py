@@ -85,7 +85,7 @@ def test_cards_carry_what_each_benchmark_records(tmp_path):
          "raw": [True, False], "final": [1.0, 0.0]},
         {"id": "t/0", "group": "t", "prompt": "tiif", "image": "d.png", "score": 0.5, "error": None,
          "metadata": {"dimension": "color", "questions": ["red?", "round?"], "answers": ["yes", "yes"]},
-         "preds": ["yes", "no"], "raw": "Q1: yes Q2: no"},
+         "preds": ["yes", "no"], "hits": [True, False], "raw": "Q1: yes Q2: no"},
         {"id": "g/0", "group": "g", "prompt": "ge2", "image": "e.png", "score": 0.6, "error": None,
          "metadata": {"vqa_list": [["Is there a cat?", "Yes"]]}, "question_scores": [0.61234]},
     ]
