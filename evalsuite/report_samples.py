@@ -167,8 +167,10 @@ def questions(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
                 item["s"] = float(bool(hits[k]))
         elif soft is not None and k < len(soft) and _number(soft[k]) is not None:
             item["s"] = round(float(soft[k]), 4)
-        elif credit is not None and k < len(credit) and _number(credit[k]) is not None:
-            item["s"] = float(credit[k])
+        elif credit is not None and k < len(credit):  # DPG: 0/1 after parent zeroing, else the raw yes/no
+            value = float(credit[k]) if isinstance(credit[k], bool) else _number(credit[k])
+            if value is not None:
+                item["s"] = value
     return out
 
 

@@ -97,6 +97,8 @@ def test_cards_carry_what_each_benchmark_records(tmp_path):
     assert got["p/0"]["ocr"] == [("-", "O"), ("+", "0"), ("=", "PEN")]
     assert got["d/1"]["qa"] == [{"q": "is there a cat?", "a": "yes", "s": 1.0},
                                 {"q": "is the cat black?", "a": "no", "s": 0.0}]
+    missing_parent = dict(rows[2], final=None)  # DPG official mode, a parent missing: only raw answers
+    assert [q["s"] for q in cards(pd.DataFrame([missing_parent]))[0]["qa"]] == [1.0, 0.0]
     assert got["t/0"]["task"] == "color"
     assert got["t/0"]["qa"] == [{"q": "red?", "a": "yes", "gold": "yes", "s": 1.0},
                                 {"q": "round?", "a": "no", "gold": "yes", "s": 0.0}]
