@@ -329,6 +329,7 @@ class DPGBench(Benchmark):
             "quadrant": k,
             "mode": self.mode,
             "pids": list(parents),
+            "questions": [{q.pid: q.question for q in qs}[p] for p in parents],  # shown by the report
             "answers": [by_pid[p] for p in parents],
             "l2": [rules.l2_category(q.tuple) for q in {q.pid: q for q in qs}.values()],
             "raw": list(raw.values()),

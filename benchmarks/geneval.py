@@ -142,6 +142,7 @@ class GenEval(Benchmark):
                     "score": value,
                     "reason": det.get("reason") or err,
                     "error": err,
+                    "evidence": det.get("evidence"),  # what the verdict rests on, drawn by the report
                 }
             )
         return records

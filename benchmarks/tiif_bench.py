@@ -226,7 +226,8 @@ class TIIFBench(Benchmark):
             record["error"] = f"sample {sample.id!r}: {reply.failure}"
             return record
         correct = rules.count_correct(gold, reply.value)
-        record.update(score=correct / len(gold), preds=reply.value, n_correct=correct)
+        hits = [rules.is_correct(g, p) for g, p in zip(gold, reply.value)]  # per question, for the report
+        record.update(score=correct / len(gold), preds=reply.value, n_correct=correct, hits=hits)
         return record
 
     # -- aggregation --------------------------------------------------------------------------------

@@ -1,23 +1,23 @@
 """Run outputs: results.json, the per-sample table, a markdown summary and an HTML report.
 
-The HTML report is self-contained apart from the run's own images (linked by relative path): a summary
-table, a bar chart (inline SVG, no plotting dependency) and a grid of every prompt's images with each
-image's score and, where it failed, why.
+The HTML report is self-contained apart from the run's own images and their thumbnails (linked by relative
+path; it works from file:// with no network): a summary table, a bar chart (inline SVG) and a filterable,
+sortable grid of every image with its score, why it failed, and the evidence drawn over it
+(:mod:`evalsuite.report_samples` builds the data, ``report_assets/report.js`` renders it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
+import json
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from evalsuite.report_samples import cards
 from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text
-
-# Per-sample columns shown under each image when present, and the one that explains a failure.
-SHOWN_FIELDS = ("score", "correct")
-REASON_FIELDS = ("reason", "error", "not_applicable")
 
 
 def markdown_table(frame) -> str:
@@ -61,7 +61,7 @@ def write_outputs(out: Path, benchmark, summary: dict[str, Any], table, per_samp
     with contextlib.suppress(ImportError, ValueError, TypeError):
         per_sample.to_parquet(out / "samples.parquet", index=False)
     atomic_write_text(out / "summary.md", _markdown(benchmark.name, desc, summary, table))
-    atomic_write_text(out / "report.html", html_report(benchmark, summary, table, per_sample))
+    atomic_write_text(out / "report.html", html_report(benchmark, summary, table, per_sample, out))
 
 
 def _markdown(name: str, desc: dict[str, Any], summary: dict[str, Any], table) -> str:
@@ -95,45 +95,42 @@ def _bar_chart(table) -> str:
             f'font-size="12">{"".join(rows)}</svg>')
 
 
-def _cell(row: dict[str, Any]) -> str:
-    bits = []
-    for f in SHOWN_FIELDS:
-        if f in row and row[f] is not None and not (isinstance(row[f], float) and math.isnan(row[f])):
-            bits.append(f"{f}: {_fmt(row[f])}")
-    failed = row.get("correct") is False or (isinstance(row.get("score"), float) and row.get("score") == 0.0)
-    reason = next((row[f] for f in REASON_FIELDS if row.get(f)), None)
-    klass = "fail" if failed or row.get("error") else "ok"
-    reason_html = f'<div class="reason">{html.escape(str(reason))}</div>' if reason else ""
-    rendered = row.get("rendered_prompt")
-    if rendered and rendered != row.get("prompt"):
-        reason_html += f'<div class="rendered">rendered: {html.escape(str(rendered))}</div>'
-    return (f'<figure class="{klass}"><img loading="lazy" src="{html.escape(str(row["image"]))}" '
-            f'alt="{html.escape(row["id"])}"><figcaption>{html.escape(" · ".join(bits))}{reason_html}'
-            "</figcaption></figure>")
+_CARDS_TAG = "<script type='application/json' id='cards'>"
 
 
-def html_report(benchmark, summary: dict[str, Any], table, per_sample) -> str:
-    groups: dict[str, list[dict]] = {}
-    for row in per_sample.to_dict(orient="records"):
-        groups.setdefault(str(row.get("group")), []).append(row)
-    prompts = "".join(
-        f'<section class="prompt"><h3>{html.escape(gid)} — {html.escape(str(rows[0]["prompt"]))}</h3>'
-        f'<div class="grid">{"".join(_cell(r) for r in rows)}</div></section>'
-        for gid, rows in groups.items()
-    )
+def _asset(name: str) -> str:
+    return (resources.files("evalsuite") / "report_assets" / name).read_text(encoding="utf-8")
+
+
+def _json_script(value: Any) -> str:
+    """JSON safe to inline in a <script> element (no "</script>" or "<!--" can end it early)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+
+
+def cards_in(page: str) -> list[dict[str, Any]]:
+    """The sample cards a written report holds (its JSON blob), for tools and tests that read reports."""
+    start = page.find(_CARDS_TAG)
+    if start < 0:
+        raise ValueError("not an evalsuite run report: no sample cards blob")
+    start += len(_CARDS_TAG)
+    return json.loads(page[start:page.index("</script>", start)])
+
+
+def html_report(benchmark, summary: dict[str, Any], table, per_sample, out: Path | None = None) -> str:
+    """The page: summary, table, chart, and the sample grid that ``report.js`` renders from one JSON blob.
+
+    ``out``: the run folder; when given, grid thumbnails are written under ``out/thumbs`` (once).
+    """
     summary_items = "".join(f"<li><b>{html.escape(str(k))}</b>: {_fmt(v)}</li>" for k, v in summary.items())
     scorers = html.escape(", ".join(f"{k}={v}" for k, v in describe_run(benchmark, per_sample).items()))
-    style = (
-        "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        ".grid{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;width:160px;border:2px solid #8c8}"
-        "figure.fail{border-color:#d66}figure img{width:160px;height:160px;object-fit:contain;"
-        "background:#eee;display:block}figcaption{font-size:11px;padding:2px}.reason{color:#a33}"
-        "section.prompt{margin:16px 0}"
-    )
+    blob = _json_script(cards(per_sample, out))
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(benchmark.name)} report"
-        f"</title><style>{style}</style></head><body><h1>{html.escape(benchmark.name)}</h1>"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(benchmark.name)} "
+        f"report</title><meta name='viewport' content='width=device-width'><style>{_asset('report.css')}"
+        f"</style></head><body><h1>{html.escape(benchmark.name)}</h1>"
         f"<ul>{summary_items}</ul><p>Scored by: {scorers}</p>{table.to_html(float_format='%.4f')}"
-        f"{_bar_chart(table)}<h2>Samples</h2>{prompts}</body></html>\n"
+        f"{_bar_chart(table)}<h2>Samples</h2><div id='controls' role='search'></div><div id='grid'></div>"
+        f"<noscript>The sample grid needs JavaScript; every record is in samples.jsonl.</noscript>"
+        f"{_CARDS_TAG}{blob}</script><script>{_asset('report.js')}</script>"
+        "</body></html>\n"
     )

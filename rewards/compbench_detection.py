@@ -23,6 +23,7 @@ from evalsuite.rewards.compbench_rules import (
     spatial_score,
     unidet_input_size,
 )
+from evalsuite.rewards.detection_evidence import CANDIDATE_FLOOR, labelled_evidence
 from evalsuite.sample import Sample
 
 __all__ = ["CompBenchDetection", "Detections"]
@@ -116,7 +117,11 @@ class CompBenchDetection(Reward):
 
     def detect(self, images: Sequence[Image.Image]) -> list[Detections]:
         if hasattr(self.detector, "detect"):
-            return self.detector.detect(images, self.min_score)
+            # built-in backends: down to the candidate floor for the evidence (the rule still reads only
+            # > min_score); a custom detector is asked what it always was
+            builtin = isinstance(self.detector_spec, str)
+            floor = min(self.min_score, CANDIDATE_FLOOR) if builtin else self.min_score
+            return self.detector.detect(images, floor)
         if callable(self.detector):
             return self.detector(images)
         raise ConfigError(f"{self.name}: detector {self.detector!r} has no detect() and is not callable")
@@ -146,10 +151,29 @@ class CompBenchDetection(Reward):
                 key=lambda t: -t[2],
             )
             tokens = parse(self.nlp, s.prompt).tokens
-            out.append(
-                self._numeracy(tokens, flat) if self.task == "numeracy" else self._spatial(s, tokens, flat)
-            )
+            numeracy = self.task == "numeracy"
+            score = self._numeracy(tokens, flat) if numeracy else self._spatial(s, tokens, flat)
+            score.details["evidence"] = self._evidence(dets, score.details, s.image.size)
+            out.append(score)
         return out
+
+    def _evidence(self, dets: Detections, details: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+        """Kept and below-threshold detections (image pixels) of the objects the verdict named."""
+        by_name: Detections = {}
+        for label, lst in dets.items():
+            for name in {str(label), _COCO_SPELLING.get(str(label), str(label))}:
+                by_name.setdefault(name, []).extend(lst)
+        if self.task == "numeracy":
+            names = list(details["labels"])
+            wanted = dict(zip(details["labels"], details["counts"]))
+            found = dict(zip(details["labels"], details["detected"]))
+            failed = [n for n in names if found.get(n) != wanted.get(n)]
+        else:
+            names = [n for n in (details["obj1"], details["obj2"]) if n]
+            hit = {details["obj1"]: details["found1"], details["obj2"]: details["found2"]}
+            failed = [n for n in names if not hit[n]] or (names if details["raw"] < 0.5 else [])
+        return labelled_evidence(by_name, {n: [n] for n in dict.fromkeys(names)}, threshold=self.min_score,
+                                 failed=failed, size=size)
 
     def _spatial(self, sample: Sample, tokens, flat) -> Score:
         by_label: dict[str, list] = {}

@@ -42,6 +42,7 @@ from PIL import Image
 from evalsuite.errors import ConfigError
 from evalsuite.optional import require
 from evalsuite.reward import Reward, Score
+from evalsuite.rewards.detection_evidence import CANDIDATE_FLOOR, geneval_evidence
 from evalsuite.rewards.geneval_rules import (
     COLORS,
     MODES,
@@ -457,7 +458,8 @@ class GenEvalReward(Reward):
 
     def _score_batch(self, samples: list[Sample]) -> list[Score]:
         images = [s.image for s in samples]
-        detections = self.detector.detect(images, self.thresholds.min_confidence)
+        # down to the candidate floor: the rule never sees what it would not keep, the evidence does
+        detections = self.detector.detect(images, min(self.thresholds.min_confidence, CANDIDATE_FLOOR))
         kept = [keep_detections(d, s.metadata["tag"], self.thresholds) for d, s in zip(detections, samples)]
 
         # every colour the rules will read, for the whole batch, in one CLIP forward
@@ -484,6 +486,10 @@ class GenEvalReward(Reward):
                 "failed_clauses": list(res.failed_clauses),
                 "counts": res.counts,
                 "colors": colors[k],
+                "evidence": geneval_evidence(
+                    detections[k], kept[k], s.metadata, failed_clauses=res.failed_clauses, colors=colors[k],
+                    threshold=self.thresholds.confidence(s.metadata["tag"]), size=s.image.size,
+                ),
             }
             if res.mode == "partial":
                 details["terms"] = list(res.terms)

@@ -13,6 +13,7 @@ import pytest
 
 from evalsuite import ConfigError, DiffusersGenerator
 from evalsuite.evaluate import evaluate
+from evalsuite.report import cards_in
 from evalsuite.store import JsonlLog
 from tests.toy_benchmark import ToyBenchmark
 
@@ -42,7 +43,8 @@ def test_end_to_end_outputs(gen, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["n_images"] == 12 and "brightness" in results["summary"]
     html = (tmp_path / "report.html").read_text()
-    assert html.count("<figure") == 12 and 'src="images/p3/0000.png"' in html and "<svg" in html
+    cards = cards_in(html)
+    assert len(cards) == 12 and cards[6]["img"] == "images/p3/0000.png" and "<svg" in html
 
 
 def test_same_dir_other_settings_is_refused(gen, tmp_path):
@@ -140,7 +142,8 @@ def test_rewriter_renders_rewrites_but_scores_originals(gen, tmp_path):
     assert list(ps["score"]) != list(base.per_sample["score"])  # other prompts rendered -> other images
     fp = json.loads((tmp_path / "rw" / "manifest.json").read_text())["fingerprint"]
     assert fp["rewriter"] == {"name": "sunny", "model": "fake"}
-    assert "rendered: a red apple, in bright sunlight" in (tmp_path / "rw" / "report.html").read_text()
+    cards = cards_in((tmp_path / "rw" / "report.html").read_text())
+    assert cards[0]["rendered"].startswith("a red apple, in bright sunlight")
     n_calls = len(rw.calls)
     evaluate(ToyBenchmark(), tmp_path / "rw", generator=gen, limit=2, rewriter=rw)  # resume: nothing redone
     assert len(rw.calls) == n_calls

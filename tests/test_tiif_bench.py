@@ -289,6 +289,7 @@ def test_end_to_end_tiny_flux_and_api_judge(tiny_dir, server, root, tmp_path):
     assert (run / "text/evalsuite/long_description/0.png").is_file()
     rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert [r["n_correct"] for r in rows] == [2, 2, 1]
+    assert [sum(r["hits"]) for r in rows] == [2, 2, 1]  # per-question verdicts, shown by the report
     assert res["summary"]["tiif_overall_long"] == pytest.approx(100 * (0.8 + 1.0) / 2)
     assert res["benchmark"]["judge"]["model"] == "gpt-4o"
     assert re.search(r"ours", json.dumps(res["benchmark"]["templates"]))
