@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from evalsuite.charts import bar_chart
 from evalsuite.report_samples import cards
 from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text
 
@@ -72,6 +73,7 @@ def _markdown(name: str, desc: dict[str, Any], summary: dict[str, Any], table) -
 
 
 def _bar_chart(table) -> str:
+    """The first numeric column of the summary table, a bar per row (the shared matplotlib chart)."""
     numeric = table.select_dtypes("number")
     if numeric.empty:
         return ""
@@ -79,20 +81,8 @@ def _bar_chart(table) -> str:
     values = [(str(i), float(v)) for i, v in numeric[col].items() if not math.isnan(float(v))]
     if not values:
         return ""
-    top = max(1.0, max(v for _, v in values))
-    bar_h, label_w, width = 22, 160, 360
-    rows = []
-    for n, (label, v) in enumerate(values):
-        y = n * bar_h
-        w = max(1, int(width * v / top))
-        rows.append(
-            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{html.escape(label)}</text>'
-            f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{bar_h - 6}" fill="#4c78a8"/>'
-            f'<text x="{label_w + w + 4}" y="{y + 15}">{v:.3f}</text>'
-        )
-    h = bar_h * len(values)
-    return (f'<h2>{html.escape(str(col))}</h2><svg class="chart" width="{label_w + width + 60}" height="{h}" '
-            f'font-size="12">{"".join(rows)}</svg>')
+    labels, scores = zip(*values)
+    return f"<h2>{html.escape(str(col))}</h2>" + bar_chart("summary", str(col), labels, scores)
 
 
 _CARDS_TAG = "<script type='application/json' id='cards'>"
