@@ -1,0 +1,117 @@
+"""Flow-GRPO step with rewards overlapping sampling vs the serial step (goal: overlapped >= 1.3x faster).
+
+The reward is brightness plus a sleep (a stand-in for a VLM reward or a remote reward server: it holds no
+CPU, as a reward on another GPU or host does not). The sleep is calibrated in the same run so the reward
+costs about a third of the serial step: a run without it gives the step time T, then the reward sleeps
+R = T / 2 per step (R / (T + R) = 1/3), spread over the step's samples. Both runs score in chunks of one
+group (8 chunks per step); the overlapped one scores chunk k while chunk k+1 samples, so only the last
+chunk's reward is not hidden: expect about (T + R) / (T + R / 8) = 1.41x.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from evalsuite.harness import flow_train
+from evalsuite.harness.config import DataConfig, GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
+from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig, FlowTrainConfig
+from evalsuite.reward import Score
+from evalsuite.rewards.brightness import Brightness
+
+STEPS, G, PROMPTS = 6, 4, 8
+
+
+class SleepingBrightness(Brightness):
+    """Brightness that also sleeps ``seconds_per_sample`` per sample: a slow reward that leaves the CPU."""
+
+    name = "sleeping_brightness"
+
+    def __init__(self, seconds_per_sample: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seconds_per_sample = seconds_per_sample
+
+    def _score_batch(self, samples) -> list[Score]:
+        time.sleep(self.seconds_per_sample * len(samples))
+        return super()._score_batch(samples)
+
+
+def _config(model: Path, out_dir: Path, seconds_per_sample: float, overlap: bool) -> FlowTrainConfig:
+    reward = RewardSpec(
+        "slow",
+        target="tests.benchmarks.test_bench_reward_overlap:SleepingBrightness",
+        kwargs={"seconds_per_sample": seconds_per_sample},
+    )
+    return FlowTrainConfig(
+        mode="flow",
+        out_dir=str(out_dir),
+        steps=STEPS,
+        save_every=10_000,
+        tensorboard=False,
+        progress=False,
+        log_images_every=0,
+        flow=FlowPolicyConfig(
+            model=str(model),
+            dtype="float32",
+            height=64,
+            width=64,
+            num_steps=6,
+            max_sequence_length=16,
+            sample_batch_size=G,
+            train_batch_size=16,
+            timestep_fraction=0.5,
+            lora=FlowLoraSettings(r=8, alpha=8),
+        ),
+        rewards=RewardsConfig(components=[reward], normalize="none", chunk_groups=1, overlap=overlap),
+        data=DataConfig(prompts=[f"a photo of thing {i}" for i in range(PROMPTS)]),
+        grpo=GRPOSettings(
+            group_size=G, prompts_per_step=PROMPTS, beta=0.0, clip_eps=1e-4, micro_batch_size=8
+        ),
+        optim=OptimConfig(lr=1e-4),
+    )
+
+
+def _median_step(config: FlowTrainConfig) -> tuple[float, flow_train.scaffold.TrainResult]:
+    result = flow_train.train(config)
+    return statistics.median(m["time/step_s"] for m in result.metrics[1:]), result  # step 1 warms up
+
+
+def test_bench_overlapped_rewards_vs_serial(benchmark, tmp_path_factory) -> None:
+    if benchmark.disabled:
+        pytest.skip("timing run: pass --benchmark-enable")
+    from evalsuite.tiny import write_tiny
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("bench_overlap")
+    model = write_tiny(root / "tiny", names=["flux"], seed=0)["flux"]
+    bare, _ = _median_step(_config(model, root / "calibrate", 0.0, False))
+    per_sample = bare / 2 / (G * PROMPTS)
+    serial, s_run = _median_step(_config(model, root / "serial", per_sample, False))
+    overlapped, o_run = _median_step(_config(model, root / "overlap", per_sample, True))
+    strip = [{k: v for k, v in m.items() if not k.startswith("time/")} for m in s_run.metrics]
+    assert strip == [{k: v for k, v in m.items() if not k.startswith("time/")} for m in o_run.metrics]
+    speedup = serial / overlapped
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        {
+            "step_without_reward_sleep_s": bare,
+            "reward_sleep_per_step_s": per_sample * G * PROMPTS,
+            "reward_share_of_serial_step": per_sample * G * PROMPTS / serial,
+            "serial_step_s": serial,
+            "overlapped_step_s": overlapped,
+            "speedup": speedup,
+            "chunks_per_step": PROMPTS,
+            "goal": 1.3,
+        }
+    )
+    print(
+        f"\nreward overlap: serial {serial:.3f} s/step, overlapped {overlapped:.3f} s/step, "
+        f"speedup {speedup:.2f}x (reward {per_sample * G * PROMPTS / serial:.0%} of the serial step; "
+        "goal >= 1.3x)"
+    )
+    assert math.isfinite(speedup)
