@@ -5,7 +5,9 @@ CPU, as a reward on another GPU or host does not). The sleep is calibrated in th
 costs about a third of the serial step: a run without it gives the step time T, then the reward sleeps
 R = T / 2 per step (R / (T + R) = 1/3), spread over the step's samples. Both runs score in chunks of one
 group (8 chunks per step); the overlapped one scores chunk k while chunk k+1 samples, so only the last
-chunk's reward is not hidden: expect about (T + R) / (T + R / 8) = 1.41x.
+chunk's reward is not hidden: expect about (T + R) / (T + R / 8) = 1.41x when sampling takes more of the
+step than the reward (here: 8 sampling steps, a Flow-GRPO "Fast" window of 2 trained SDE steps). When the
+update dominates instead, the reward outlasts the sampling it hides behind and the gain shrinks.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig, Fl
 from evalsuite.reward import Score
 from evalsuite.rewards.brightness import Brightness
 
-STEPS, G, PROMPTS = 6, 4, 8
+STEPS, G, PROMPTS, REPEATS = 6, 4, 8, 3
 
 
 class SleepingBrightness(Brightness):
@@ -60,11 +62,12 @@ def _config(model: Path, out_dir: Path, seconds_per_sample: float, overlap: bool
             dtype="float32",
             height=64,
             width=64,
-            num_steps=6,
+            num_steps=8,
             max_sequence_length=16,
             sample_batch_size=G,
             train_batch_size=16,
-            timestep_fraction=0.5,
+            sde_window_size=2,  # Flow-GRPO "Fast": 2 SDE (trained) steps of 8, so sampling dominates the step
+            sde_window_range=[0, 3],
             lora=FlowLoraSettings(r=8, alpha=8),
         ),
         rewards=RewardsConfig(components=[reward], normalize="none", chunk_groups=1, overlap=overlap),
@@ -91,27 +94,36 @@ def test_bench_overlapped_rewards_vs_serial(benchmark, tmp_path_factory) -> None
     model = write_tiny(root / "tiny", names=["flux"], seed=0)["flux"]
     bare, _ = _median_step(_config(model, root / "calibrate", 0.0, False))
     per_sample = bare / 2 / (G * PROMPTS)
-    serial, s_run = _median_step(_config(model, root / "serial", per_sample, False))
-    overlapped, o_run = _median_step(_config(model, root / "overlap", per_sample, True))
-    strip = [{k: v for k, v in m.items() if not k.startswith("time/")} for m in s_run.metrics]
-    assert strip == [{k: v for k, v in m.items() if not k.startswith("time/")} for m in o_run.metrics]
-    speedup = serial / overlapped
+    # the machine is shared: serial and overlapped runs alternate, and each pair gives one ratio
+    serials, overlaps = [], []
+    for rep in range(REPEATS):
+        serial, s_run = _median_step(_config(model, root / f"serial{rep}", per_sample, False))
+        overlapped, o_run = _median_step(_config(model, root / f"overlap{rep}", per_sample, True))
+        strip = [{k: v for k, v in m.items() if not k.startswith("time/")} for m in s_run.metrics]
+        assert strip == [{k: v for k, v in m.items() if not k.startswith("time/")} for m in o_run.metrics]
+        serials.append(serial)
+        overlaps.append(overlapped)
+    ratios = sorted(s / o for s, o in zip(serials, overlaps))
+    speedup = statistics.median(ratios)
+    serial, overlapped = statistics.median(serials), statistics.median(overlaps)
+    share = per_sample * G * PROMPTS / serial
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     benchmark.extra_info.update(
         {
             "step_without_reward_sleep_s": bare,
             "reward_sleep_per_step_s": per_sample * G * PROMPTS,
-            "reward_share_of_serial_step": per_sample * G * PROMPTS / serial,
+            "reward_share_of_serial_step": share,
             "serial_step_s": serial,
             "overlapped_step_s": overlapped,
             "speedup": speedup,
+            "speedup_per_pair": ratios,
             "chunks_per_step": PROMPTS,
             "goal": 1.3,
         }
     )
+    pairs = ", ".join(f"{r:.2f}" for r in ratios)
     print(
-        f"\nreward overlap: serial {serial:.3f} s/step, overlapped {overlapped:.3f} s/step, "
-        f"speedup {speedup:.2f}x (reward {per_sample * G * PROMPTS / serial:.0%} of the serial step; "
-        "goal >= 1.3x)"
+        f"\nreward overlap: serial {serial:.3f} s/step, overlapped {overlapped:.3f} s/step, speedup "
+        f"{speedup:.2f}x (pairs {pairs}; reward {share:.0%} of the serial step; goal >= 1.3x)"
     )
     assert math.isfinite(speedup)
