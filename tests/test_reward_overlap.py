@@ -334,3 +334,45 @@ def test_a_reward_that_hangs_past_the_timeout_stops_the_flow_run(tiny_dir, tmp_p
             flow_train.train(config)
     finally:
         HangsInTraining.release.set()
+
+
+def test_promptloop_in_chunks_refines_every_row_once_and_overlapped_equals_serial(tiny_dir, tmp_path):
+    from evalsuite.harness.config import GRPOSettings, LoraSettings, OptimConfig
+    from evalsuite.harness.vl_policy import vl_policy_config
+
+    def config(name: str, overlap: bool) -> flow_train.FlowTrainConfig:
+        base = _flow_config(tmp_path / name, tiny_dir, overlap=overlap)
+        c = replace(
+            base,
+            mode="promptloop",
+            steps=2,
+            flow=replace(base.flow, sample_batch_size=2),  # sub-batches inside each chunk too
+            policy=vl_policy_config(
+                str(tiny_dir / "qwen2.5-vl"),
+                dtype="float32",
+                max_new_tokens=8,
+                temperature=1.0,
+                lora=LoraSettings(r=4, alpha=8),
+            ),
+            grpo=GRPOSettings(group_size=4, prompts_per_step=2, beta=0.01, clip_eps=0.2, micro_batch_size=4),
+            policy_optim=OptimConfig(lr=1e-2),
+        )
+        c.promptloop = replace(c.promptloop, refine_steps=[1], preview_size=56, max_pixels=56 * 56)
+        return c
+
+    refined_rows: list[list[int]] = []
+    original = flow_train.lm_update
+
+    def spy(batch, advantages, **kw):
+        refined_rows.append(sorted(r for rows in batch.actions.rows for r in rows))
+        assert [a["rows"] for a in batch.traj.actions] == batch.actions.rows  # rows of the whole step
+        return original(batch, advantages, **kw)
+
+    flow_train.lm_update = spy
+    try:
+        serial = flow_train.train(config("serial", False))
+        overlapped = flow_train.train(config("overlap", True))
+    finally:
+        flow_train.lm_update = original
+    assert refined_rows == [list(range(8))] * 4  # 2 chunks × 2 sub-batches, each row refined once
+    _same_runs(serial, overlapped, "lm_adapter/adapter_model.safetensors")
