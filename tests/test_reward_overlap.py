@@ -337,9 +337,6 @@ def test_a_reward_that_hangs_past_the_timeout_stops_the_flow_run(tiny_dir, tmp_p
 
 
 def test_promptloop_in_chunks_refines_every_row_once_and_overlapped_equals_serial(tiny_dir, tmp_path):
-    from evalsuite.harness.config import GRPOSettings, LoraSettings, OptimConfig
-    from evalsuite.harness.vl_policy import vl_policy_config
-
     def config(name: str, overlap: bool) -> flow_train.FlowTrainConfig:
         base = _flow_config(tmp_path / name, tiny_dir, overlap=overlap)
         c = replace(
@@ -347,15 +344,7 @@ def test_promptloop_in_chunks_refines_every_row_once_and_overlapped_equals_seria
             mode="promptloop",
             steps=2,
             flow=replace(base.flow, sample_batch_size=2),  # sub-batches inside each chunk too
-            policy=vl_policy_config(
-                str(tiny_dir / "qwen2.5-vl"),
-                dtype="float32",
-                max_new_tokens=8,
-                temperature=1.0,
-                lora=LoraSettings(r=4, alpha=8),
-            ),
-            grpo=GRPOSettings(group_size=4, prompts_per_step=2, beta=0.01, clip_eps=0.2, micro_batch_size=4),
-            policy_optim=OptimConfig(lr=1e-2),
+            **test_flow_train.promptloop_settings(tiny_dir),
         )
         c.promptloop = replace(c.promptloop, refine_steps=[1], preview_size=56, max_pixels=56 * 56)
         return c

@@ -15,16 +15,18 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from evalsuite.harness import flow_train
-from evalsuite.harness.config import DataConfig, GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
-from evalsuite.harness.flow_config import FlowLoraSettings, FlowPolicyConfig, FlowTrainConfig
+from evalsuite.harness.config import DataConfig, RewardsConfig, RewardSpec
+from evalsuite.harness.flow_config import FlowLoraSettings, FlowTrainConfig
 from evalsuite.reward import Score
 from evalsuite.rewards.brightness import Brightness
+from tests.benchmarks.test_bench_flow_step import _config as flow_step_config
 
 STEPS, G, PROMPTS, REPEATS = 6, 4, 8, 3
 
@@ -49,21 +51,14 @@ def _config(model: Path, out_dir: Path, seconds_per_sample: float, overlap: bool
         target="tests.benchmarks.test_bench_reward_overlap:SleepingBrightness",
         kwargs={"seconds_per_sample": seconds_per_sample},
     )
-    return FlowTrainConfig(
-        mode="flow",
-        out_dir=str(out_dir),
-        steps=STEPS,
-        save_every=10_000,
-        tensorboard=False,
-        progress=False,
-        log_images_every=0,
-        flow=FlowPolicyConfig(
-            model=str(model),
-            dtype="float32",
+    base = flow_step_config(model, out_dir)  # the Flow-GRPO step benchmark's run, at this size
+    return replace(
+        base,
+        flow=replace(
+            base.flow,
             height=64,
             width=64,
             num_steps=8,
-            max_sequence_length=16,
             sample_batch_size=G,
             train_batch_size=16,
             sde_window_size=2,  # Flow-GRPO "Fast": 2 SDE (trained) steps of 8, so sampling dominates the step
@@ -72,10 +67,7 @@ def _config(model: Path, out_dir: Path, seconds_per_sample: float, overlap: bool
         ),
         rewards=RewardsConfig(components=[reward], normalize="none", chunk_groups=1, overlap=overlap),
         data=DataConfig(prompts=[f"a photo of thing {i}" for i in range(PROMPTS)]),
-        grpo=GRPOSettings(
-            group_size=G, prompts_per_step=PROMPTS, beta=0.0, clip_eps=1e-4, micro_batch_size=8
-        ),
-        optim=OptimConfig(lr=1e-4),
+        grpo=replace(base.grpo, group_size=G, prompts_per_step=PROMPTS),
     )
 
 
