@@ -2,12 +2,13 @@
 
 The reward is brightness plus a sleep (a stand-in for a VLM reward or a remote reward server: it holds no
 CPU, as a reward on another GPU or host does not). The sleep is calibrated in the same run so the reward
-costs about a third of the serial step: a run without it gives the step time T, then the reward sleeps
-R = T / 2 per step (R / (T + R) = 1/3), spread over the step's samples. Both runs score in chunks of one
-group (8 chunks per step); the overlapped one scores chunk k while chunk k+1 samples, so only the last
-chunk's reward is not hidden: expect about (T + R) / (T + R / 8) = 1.41x when sampling takes more of the
-step than the reward (here: 8 sampling steps, a Flow-GRPO "Fast" window of 2 trained SDE steps). When the
-update dominates instead, the reward outlasts the sampling it hides behind and the gain shrinks.
+costs about a third of the serial step: a run without it gives the step time T (its fastest step), then
+the reward sleeps R = T / 2 per step (R / (T + R) = 1/3), spread over the step's samples. Both runs score
+in chunks of one group (8 chunks per step); the overlapped one scores chunk k while chunk k+1 samples, so
+only the last chunk's reward is not hidden: expect about (T + R) / (T + R / 8) = 1.41x when sampling
+takes more of the step than the reward (here: 8 sampling steps, a Flow-GRPO "Fast" window of 2 trained
+SDE steps). When the update dominates instead, the reward outlasts the sampling it hides behind and the
+gain shrinks.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from evalsuite.reward import Score
 from evalsuite.rewards.brightness import Brightness
 from tests.benchmarks.test_bench_flow_step import _config as flow_step_config
 
-STEPS, G, PROMPTS, REPEATS = 6, 4, 8, 3
+G, PROMPTS, REPEATS = 4, 8, 3
 
 
 class SleepingBrightness(Brightness):
@@ -71,9 +72,9 @@ def _config(model: Path, out_dir: Path, seconds_per_sample: float, overlap: bool
     )
 
 
-def _median_step(config: FlowTrainConfig) -> tuple[float, flow_train.scaffold.TrainResult]:
+def _step_times(config: FlowTrainConfig) -> tuple[list[float], flow_train.scaffold.TrainResult]:
     result = flow_train.train(config)
-    return statistics.median(m["time/step_s"] for m in result.metrics[1:]), result  # step 1 warms up
+    return [m["time/step_s"] for m in result.metrics[1:]], result  # step 1 warms up
 
 
 def test_bench_overlapped_rewards_vs_serial(benchmark, tmp_path_factory) -> None:
@@ -84,38 +85,44 @@ def test_bench_overlapped_rewards_vs_serial(benchmark, tmp_path_factory) -> None
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bench_overlap")
     model = write_tiny(root / "tiny", names=["flux"], seed=0)["flux"]
-    bare, _ = _median_step(_config(model, root / "calibrate", 0.0, False))
+    bare = min(_step_times(_config(model, root / "calibrate", 0.0, False))[0])
     per_sample = bare / 2 / (G * PROMPTS)
-    # the machine is shared: serial and overlapped runs alternate, and each pair gives one ratio
-    serials, overlaps = [], []
+    # the machine is shared (load far above its 2 cores): serial and overlapped runs alternate, each pair
+    # gives the ratio of its median steps; the median pair is the result (fastest step vs fastest step too)
+    serials: list[list[float]] = []
+    overlaps: list[list[float]] = []
     for rep in range(REPEATS):
-        serial, s_run = _median_step(_config(model, root / f"serial{rep}", per_sample, False))
-        overlapped, o_run = _median_step(_config(model, root / f"overlap{rep}", per_sample, True))
+        s_times, s_run = _step_times(_config(model, root / f"serial{rep}", per_sample, False))
+        o_times, o_run = _step_times(_config(model, root / f"overlap{rep}", per_sample, True))
         strip = [{k: v for k, v in m.items() if not k.startswith("time/")} for m in s_run.metrics]
         assert strip == [{k: v for k, v in m.items() if not k.startswith("time/")} for m in o_run.metrics]
-        serials.append(serial)
-        overlaps.append(overlapped)
-    ratios = sorted(s / o for s, o in zip(serials, overlaps))
+        serials.append(s_times)
+        overlaps.append(o_times)
+    ratios = sorted(statistics.median(s) / statistics.median(o) for s, o in zip(serials, overlaps))
     speedup = statistics.median(ratios)
-    serial, overlapped = statistics.median(serials), statistics.median(overlaps)
+    serial = statistics.median(statistics.median(s) for s in serials)
+    fastest = min(map(min, serials)) / min(map(min, overlaps))
     share = per_sample * G * PROMPTS / serial
+    expected = (bare + bare / 2) / (bare + bare / 2 / PROMPTS)  # only the last chunk's reward shows
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     benchmark.extra_info.update(
         {
             "step_without_reward_sleep_s": bare,
             "reward_sleep_per_step_s": per_sample * G * PROMPTS,
             "reward_share_of_serial_step": share,
-            "serial_step_s": serial,
-            "overlapped_step_s": overlapped,
+            "median_serial_step_s": serial,
+            "fastest_step_speedup": fastest,
+            "expected_speedup": expected,
             "speedup": speedup,
-            "speedup_per_pair": ratios,
+            "median_speedup_per_pair": ratios,
             "chunks_per_step": PROMPTS,
             "goal": 1.3,
         }
     )
     pairs = ", ".join(f"{r:.2f}" for r in ratios)
     print(
-        f"\nreward overlap: serial {serial:.3f} s/step, overlapped {overlapped:.3f} s/step, speedup "
-        f"{speedup:.2f}x (pairs {pairs}; reward {share:.0%} of the serial step; goal >= 1.3x)"
+        f"\nreward overlap: speedup {speedup:.2f}x (median of pairs {pairs}; fastest steps {fastest:.2f}x; "
+        f"expected {expected:.2f}x); "
+        f"reward {share:.0%} of the serial step ({serial:.3f} s); goal >= 1.3x"
     )
     assert math.isfinite(speedup)
