@@ -123,7 +123,8 @@ def build_reward(spec: RewardSpec, device: str | None = None, where: str = "rewa
 
         cls = registry.get("rewards", spec.name)
     kwargs = dict(spec.kwargs)
-    if device is not None:
+    options = reward_options(cls)
+    if device is not None and (options is None or "device" in options):  # RemoteReward has no device
         kwargs.setdefault("device", device)
     try:
         return cls(**kwargs)
@@ -131,7 +132,6 @@ def build_reward(spec: RewardSpec, device: str | None = None, where: str = "rewa
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if bad is None or bad.group(1) not in spec.kwargs:
             raise
-        options = reward_options(cls)
         takes = f"; it takes {sorted(options)}" if options is not None else ""
         raise ConfigError(
             f"{where}.kwargs.{bad.group(1)}: unknown option of reward {spec.name!r}{takes}"
@@ -175,6 +175,13 @@ class RewardSet:
 
     @property
     def needs_image(self) -> bool:
+        """Whether any component looks at images. A served reward (``RemoteReward``) learns that from its
+        server, so it connects here, unless a local component already answers the question."""
+        if any(r.needs_image for r in self.library.values()):
+            return True
+        for r in self.library.values():
+            if r.backend == "remote":
+                r.load()
         return any(r.needs_image for r in self.library.values())
 
     def describe(self) -> dict[str, Any]:

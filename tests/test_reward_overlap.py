@@ -365,3 +365,46 @@ def test_promptloop_in_chunks_refines_every_row_once_and_overlapped_equals_seria
         flow_train.lm_update = original
     assert refined_rows == [list(range(8))] * 4  # 2 chunks × 2 sub-batches, each row refined once
     _same_runs(serial, overlapped, "lm_adapter/adapter_model.safetensors")
+
+
+def test_a_served_reward_overlapped_gives_the_run_of_the_in_process_reward(tiny_dir, tmp_path):
+    """``RemoteReward`` against ``evalsuite serve`` (here in-process on 127.0.0.1) as a trainer component:
+    the overlapped remote run equals the serial in-process one, metrics and weights bit for bit."""
+    from evalsuite.rewards.brightness import Brightness
+    from evalsuite.server import RewardServer
+
+    def config(name: str, spec: RewardSpec, overlap: bool) -> flow_train.FlowTrainConfig:
+        base = _flow_config(tmp_path / name, tiny_dir, overlap=overlap)
+        return replace(base, rewards=replace(base.rewards, components=[spec]))
+
+    local = RewardSpec("bright", target="evalsuite.rewards.brightness:Brightness")
+    serial = flow_train.train(config("local", local, False))
+    with RewardServer({"brightness": Brightness()}, port=0, max_wait_ms=2) as server:
+        kwargs = {"url": server.url, "name": "brightness"}
+        remote = RewardSpec("bright", kwargs=kwargs, target="evalsuite.remote:RemoteReward")
+        overlapped = flow_train.train(config("remote", remote, True))
+    _same_runs(serial, overlapped, "flow_lora/pytorch_lora_weights.safetensors")
+
+
+def test_a_reward_server_that_goes_away_mid_run_stops_it_after_the_retries(tiny_dir, tmp_path, monkeypatch):
+    from evalsuite.rewards.brightness import Brightness
+    from evalsuite.server import RewardServer
+
+    server = RewardServer({"brightness": Brightness()}, port=0, max_wait_ms=2).start()
+    updates = []
+    original = flow_train.flow_update
+
+    def update_then_stop_the_server(*args, **kwargs):
+        updates.append(1)
+        server.close()  # after step 1's update: step 2's rewards find nobody
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(flow_train, "flow_update", update_then_stop_the_server)
+    base = _flow_config(tmp_path / "down", tiny_dir, overlap=True, retries=1, retry_backoff_s=0.0)
+    remote = RewardSpec("remote", kwargs={"url": server.url, "name": "brightness"})  # the registered name
+    config = replace(base, rewards=replace(base.rewards, components=[remote]))
+    with pytest.raises(
+        RewardFailedError, match=r"reward 'remote' failed 2 time\(s\).*cannot reach the reward"
+    ):
+        flow_train.train(config)
+    assert updates == [1]  # step 2 never trained
