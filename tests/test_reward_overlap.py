@@ -408,3 +408,23 @@ def test_a_reward_server_that_goes_away_mid_run_stops_it_after_the_retries(tiny_
     ):
         flow_train.train(config)
     assert updates == [1]  # step 2 never trained
+
+
+def test_overlap_timeout_and_retries_may_change_on_resume_but_chunking_may_not():
+    from evalsuite.harness.resume import config_changes
+
+    old = {
+        "rewards": {
+            "overlap": False,
+            "chunk_groups": 1,
+            "timeout_s": None,
+            "retries": 2,
+            "retry_backoff_s": 1,
+        }
+    }
+    new = {
+        "rewards": {"overlap": True, "chunk_groups": 1, "timeout_s": 60, "retries": 5, "retry_backoff_s": 3}
+    }
+    assert config_changes(old, new) == {}
+    new["rewards"]["chunk_groups"] = 2  # changes the batches sampled and scored together
+    assert config_changes(old, new) == {"rewards.chunk_groups": (1, 2)}
