@@ -97,12 +97,23 @@ class RewardSpec:
 class RewardsConfig:
     """How components are combined. ``normalize``: "batch" standardizes each component over the step's
     whole batch (all ranks) before the weighted sum, so weights compare like with like whatever each
-    reward's scale; "none" sums raw values (weights then carry the scale)."""
+    reward's scale; "none" sums raw values (weights then carry the scale).
+
+    ``chunk_groups``: a step's groups are rendered and scored in chunks of this many groups (null: the
+    whole step at once); ``overlap`` scores chunk k on a worker thread while chunk k+1 samples — it changes
+    nothing but speed (docs/training.md). ``timeout_s`` bounds each reward call (null: no bound);
+    a call that raises is retried ``retries`` times after ``retry_backoff_s``·2^attempt seconds, then the
+    run stops naming the reward (reward_calls.py)."""
 
     components: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("format"), RewardSpec("length")])
     normalize: str = "batch"
     min_words: int = 15
     max_words: int = 77
+    overlap: bool = False
+    chunk_groups: int | None = None
+    timeout_s: float | None = None
+    retries: int = 2
+    retry_backoff_s: float = 1.0
 
 
 @dataclass

@@ -5,7 +5,7 @@ evaluation (ODE renders). The loop is flow_train.py."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ from evalsuite.harness.completion_format import ParsedCompletion
 from evalsuite.harness.ema import EMA
 from evalsuite.harness.flow_config import FlowTrainConfig
 from evalsuite.harness.flow_policy import FlowPolicy, choose_sde_steps, choose_train_steps
-from evalsuite.harness.flow_trajectory import RefineRequest, Trajectory
+from evalsuite.harness.flow_trajectory import RefineHook, RefineRequest, Trajectory
 from evalsuite.harness.prompts_data import load_source
+from evalsuite.harness.reward_calls import chunk_rows
 from evalsuite.harness.rewards import RewardSet, finite_stats
 from evalsuite.harness.rewriter_step import record_rollout_logprobs
 from evalsuite.sample import Sample
@@ -103,42 +104,6 @@ def rollout(
     if mode == "promptloop":
         hook = _refine_hook(config, lm, originals, actions, step, rank)
         refine_steps = tuple(config.promptloop.refine_steps)
-    traj = flow.sample(
-        cond,
-        seeds,
-        noise_seeds,
-        height=height,
-        width=width,
-        sde_steps=sde_steps,
-        batch_size=c.sample_batch_size,
-        refine=hook,
-        refine_steps=refine_steps,
-    )
-    if mode == "promptloop":
-        for a in traj.actions:
-            for r, p in zip(a["rows"], a["prompts"]):
-                rendered[r], refined[r] = p, True
-    rng = np.random.default_rng(derive_seed(config.seed, f"timesteps/{step}", rank))
-    train_steps = (
-        choose_train_steps(traj.sde_steps, n, c.timestep_fraction, rng) if traj.sde_steps else [[]] * n
-    )
-
-    # score against the original prompt (and source image)
-    samples = []
-    for i in range(n):
-        row, k = rows[i // G], i % G
-        samples.append(
-            Sample(
-                id=f"step{step}-p{row['position']}-{k}",
-                prompt=row["prompt"],
-                rendered_prompt=rendered[i],
-                metadata=dict(row["metadata"]),
-                image=traj.images[i],
-                source_image=group_src[i] if group_src is not None else None,
-                seed=seeds[i],
-                group=str(row["position"]),
-            )
-        )
     parsed_all: list[Any] = [None] * n
     if mode == "promptrl":
         for t, p in zip(actions.rows[0], actions.parsed):
@@ -146,8 +111,65 @@ def rollout(
         for i in range(n):  # unrefined members: the original prompt, judged as a well-formed "rewrite"
             if parsed_all[i] is None:
                 parsed_all[i] = ParsedCompletion(originals[i], "", True, originals[i], None, None)
-    raw, details = reward_set.raw(samples, parsed_all)
+
+    # chunks of whole groups: with rewards.overlap, chunk k is scored (against the ORIGINAL prompt and
+    # source image) on a worker while chunk k+1 samples; the noise comes from per-row seeds either way
+    parts: list[Trajectory] = []
+    samples: list[Sample] = []
+    with reward_set.scorer() as scorer:
+        for idx in chunk_rows(len(rows), G, config.rewards.chunk_groups):
+            part = flow.sample(
+                cond.rows(idx),
+                [seeds[i] for i in idx],
+                [noise_seeds[i] for i in idx],
+                height=height,
+                width=width,
+                sde_steps=sde_steps,
+                batch_size=c.sample_batch_size,
+                refine=_shifted(hook, idx[0]),
+                refine_steps=refine_steps,
+            )
+            for a in part.actions:  # PromptLoop: what was refined, in rows of the whole step
+                a["rows"] = [r + idx[0] for r in a["rows"]]
+                for r, p in zip(a["rows"], a["prompts"]):
+                    rendered[r], refined[r] = p, True
+            parts.append(part)
+            chunk = [
+                Sample(
+                    id=f"step{step}-p{rows[i // G]['position']}-{i % G}",
+                    prompt=rows[i // G]["prompt"],
+                    rendered_prompt=rendered[i],
+                    metadata=dict(rows[i // G]["metadata"]),
+                    image=part.images[j],
+                    source_image=group_src[i] if group_src is not None else None,
+                    seed=seeds[i],
+                    group=str(rows[i // G]["position"]),
+                )
+                for j, i in enumerate(idx)
+            ]
+            samples.extend(chunk)
+            scorer.submit(chunk, [parsed_all[i] for i in idx])
+        raw, details = scorer.collect()
+    traj = replace(
+        parts[0],
+        latents=torch.cat([p.latents for p in parts]),
+        log_probs=torch.cat([p.log_probs for p in parts]),
+        cond=cond,
+        images=[im for p in parts for im in p.images],
+        actions=[a for p in parts for a in p.actions],
+    )
+    rng = np.random.default_rng(derive_seed(config.seed, f"timesteps/{step}", rank))
+    train_steps = (
+        choose_train_steps(traj.sde_steps, n, c.timestep_fraction, rng) if traj.sde_steps else [[]] * n
+    )
     return FlowBatch(rows, traj, samples, rendered, refined, raw, details, actions, train_steps)
+
+
+def _shifted(hook: RefineHook | None, offset: int) -> RefineHook | None:
+    """``hook`` for a chunk starting at row ``offset``: it sees rows of the whole step."""
+    if hook is None or offset == 0:
+        return hook
+    return lambda req: hook(replace(req, rows=[r + offset for r in req.rows]))
 
 
 def _refine_hook(

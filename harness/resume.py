@@ -41,6 +41,10 @@ RESUMABLE: dict[str, str] = {
     "progress": "output verbosity (progress bar)",
     "log_param_hash": "extra logging (a hash of the weights)",
     "torch_threads": "how many CPU threads, not what is computed",
+    "rewards.overlap": "when rewards run, not what they compute (identical results, docs/training.md)",
+    "rewards.timeout_s": "when a reward call counts as failed; results are never partial",
+    "rewards.retries": "how often a failed reward call is tried again; results are never partial",
+    "rewards.retry_backoff_s": "how long to wait before a retry",
 }
 
 _ABSENT = "(absent)"

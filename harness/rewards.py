@@ -28,6 +28,7 @@ import torch
 from evalsuite.errors import ConfigError
 from evalsuite.harness.completion_format import ParsedCompletion, count_words
 from evalsuite.harness.config import RewardsConfig, RewardSpec
+from evalsuite.harness.reward_calls import ChunkScorer, check_call_settings, guarded_score
 from evalsuite.reward import Reward
 from evalsuite.sample import Sample
 
@@ -122,7 +123,8 @@ def build_reward(spec: RewardSpec, device: str | None = None, where: str = "rewa
 
         cls = registry.get("rewards", spec.name)
     kwargs = dict(spec.kwargs)
-    if device is not None:
+    options = reward_options(cls)
+    if device is not None and (options is None or "device" in options):  # RemoteReward has no device
         kwargs.setdefault("device", device)
     try:
         return cls(**kwargs)
@@ -130,7 +132,6 @@ def build_reward(spec: RewardSpec, device: str | None = None, where: str = "rewa
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if bad is None or bad.group(1) not in spec.kwargs:
             raise
-        options = reward_options(cls)
         takes = f"; it takes {sorted(options)}" if options is not None else ""
         raise ConfigError(
             f"{where}.kwargs.{bad.group(1)}: unknown option of reward {spec.name!r}{takes}"
@@ -155,6 +156,14 @@ class RewardSet:
             raise ConfigError(f"reward component names must be unique, got {names}")
         if not 0 < config.min_words <= config.max_words:
             raise ConfigError(f"need 0 < min_words <= max_words, got {config.min_words}, {config.max_words}")
+        check_call_settings(config.timeout_s, config.retries, config.retry_backoff_s, "rewards")
+        if config.chunk_groups is not None and config.chunk_groups < 1:
+            raise ConfigError(f"rewards.chunk_groups must be >= 1 or null, got {config.chunk_groups}")
+        if config.overlap and config.chunk_groups is None:
+            raise ConfigError(
+                "rewards.overlap needs rewards.chunk_groups (groups per chunk): rewards of chunk k are "
+                "computed while chunk k+1 samples, and the whole step as one chunk leaves nothing to overlap"
+            )
         self.config = config
         self.weights = {s.name: float(s.weight) for s in config.components}
         given = dict(rewards or {})
@@ -166,6 +175,13 @@ class RewardSet:
 
     @property
     def needs_image(self) -> bool:
+        """Whether any component looks at images. A served reward (``RemoteReward``) learns that from its
+        server, so it connects here, unless a local component already answers the question."""
+        if any(r.needs_image for r in self.library.values()):
+            return True
+        for r in self.library.values():
+            if r.backend == "remote":
+                r.load()
         return any(r.needs_image for r in self.library.values())
 
     def describe(self) -> dict[str, Any]:
@@ -179,7 +195,8 @@ class RewardSet:
     def raw(
         self, samples: Sequence[Sample], parsed: Sequence[ParsedCompletion]
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-        """Score every component on every sample (one batched ``score`` call per library reward)."""
+        """Score every component on every sample (one batched ``score`` call per library reward, with the
+        configured timeout and retries)."""
         if len(samples) != len(parsed):
             raise ConfigError(f"{len(samples)} samples for {len(parsed)} parsed completions")
         values: dict[str, torch.Tensor] = {}
@@ -187,7 +204,14 @@ class RewardSet:
         for spec in self.config.components:
             name = spec.name
             if name in self.library:
-                out = self.library[name].score(samples)
+                out = guarded_score(
+                    name,
+                    self.library[name],
+                    samples,
+                    timeout_s=self.config.timeout_s,
+                    retries=self.config.retries,
+                    backoff_s=self.config.retry_backoff_s,
+                )
                 values[name] = torch.tensor(out.scores, dtype=torch.float64)
                 for d, err, det in zip(details, out.errors, out.details):
                     if err is not None:
@@ -200,6 +224,11 @@ class RewardSet:
                 lo, hi = self.config.min_words, self.config.max_words
                 values[name] = torch.tensor([length_reward(p, lo, hi) for p in parsed], dtype=torch.float64)
         return values, details
+
+    def scorer(self) -> ChunkScorer:
+        """A step's chunked scoring (``rewards.overlap``): ``submit(samples, parsed)`` per chunk, then
+        ``collect()``; use as a context manager."""
+        return ChunkScorer(self.raw, self.config.overlap)
 
     def combine(self, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return combine(values, self.weights, self.config.normalize)

@@ -15,6 +15,7 @@ from evalsuite.harness import grpo
 from evalsuite.harness.completion_format import ParsedCompletion, count_words
 from evalsuite.harness.config import TrainConfig
 from evalsuite.harness.metrics import reduce_over_ranks, reward_component_metrics
+from evalsuite.harness.reward_calls import chunk_rows
 from evalsuite.harness.rewards import RewardSet, finite_stats
 from evalsuite.harness.rewriter import RewriterPolicy, Rollout
 from evalsuite.harness.rollout import set_training
@@ -81,12 +82,19 @@ def rollout(
                 group=str(row["position"]),
             )
         )
-    if generator is not None:
-        images = generator.generate(
-            [GenerationRequest(prompt=s.rendered_prompt, seed=s.seed) for s in samples]
-        )
-        samples = [s.with_image(im) for s, im in zip(samples, images)]
-    raw, details = reward_set.raw(samples, parsed)
+    # render and score in chunks of whole groups; with rewards.overlap chunk k is scored on a worker
+    # while chunk k+1 renders (each image has its own seed, so timing changes nothing)
+    with reward_set.scorer() as scorer:
+        for idx in chunk_rows(len(rows), G, config.rewards.chunk_groups):
+            chunk = [samples[i] for i in idx]
+            if generator is not None:
+                images = generator.generate(
+                    [GenerationRequest(prompt=s.rendered_prompt, seed=s.seed) for s in chunk]
+                )
+                chunk = [s.with_image(im) for s, im in zip(chunk, images)]
+                samples[idx[0] : idx[-1] + 1] = chunk
+            scorer.submit(chunk, [parsed[i] for i in idx])
+        raw, details = scorer.collect()
     return StepBatch(rows, out, parsed, samples, raw, details)
 
 

@@ -260,23 +260,30 @@ def test_promptrl_updates_both_models_and_prompt_only_freezes_the_flow(tiny_dir,
     assert len(rewriter.rewrite(["a cat", "a dog"])) == 2
 
 
-def test_promptloop_refines_mid_trajectory_and_trains_the_refiner(tiny_dir, tmp_path):
+def promptloop_settings(tiny_dir: Path) -> dict:
+    """The tiny PromptLoop run's refiner, groups and LM optimizer (config fields)."""
     from evalsuite.harness.vl_policy import vl_policy_config
 
-    config = make_config(
-        tmp_path / "loop",
-        tiny_dir,
-        mode="promptloop",
-        steps=2,
-        policy=vl_policy_config(
+    return {
+        "policy": vl_policy_config(
             str(tiny_dir / "qwen2.5-vl"),
             dtype="float32",
             max_new_tokens=8,
             temperature=1.0,
             lora=LoraSettings(r=4, alpha=8),
         ),
-        grpo=GRPOSettings(group_size=4, prompts_per_step=2, beta=0.01, clip_eps=0.2, micro_batch_size=4),
-        policy_optim=OptimConfig(lr=1e-2),
+        "grpo": GRPOSettings(group_size=4, prompts_per_step=2, beta=0.01, clip_eps=0.2, micro_batch_size=4),
+        "policy_optim": OptimConfig(lr=1e-2),
+    }
+
+
+def test_promptloop_refines_mid_trajectory_and_trains_the_refiner(tiny_dir, tmp_path):
+    config = make_config(
+        tmp_path / "loop",
+        tiny_dir,
+        mode="promptloop",
+        steps=2,
+        **promptloop_settings(tiny_dir),
     )
     config.promptloop.refine_steps, config.promptloop.preview_size, config.promptloop.max_pixels = (
         [1],
