@@ -1,9 +1,11 @@
 """How the trainers call rewards: per-call timeout, bounded retry, and scoring that overlaps sampling.
 
 ``guarded_score`` runs one reward's ``score`` with the configured timeout and retries; a reward that keeps
-failing (raising, timing out, or erroring on every sample of the call) raises ``RewardFailedError`` naming
-the reward and its last error, so a run never trains on a component that silently became all-NaN (= 0).
-A per-sample error keeps its meaning: that sample's value is NaN, the rest of the batch counts.
+raising or timing out raises ``RewardFailedError`` naming the reward and its last error. A call in which
+every sample errored is retried too (it may be transient), then kept: one prompt's group can fail on its
+own (bad metadata), and a per-sample error keeps its meaning (that value is NaN, the rest counts). Only
+when a component errored on every sample of the whole step does ``ChunkScorer.collect`` stop the run, so
+it never trains on a component that silently became all-NaN (= 0).
 
 ``ChunkScorer`` takes a step's chunks in order: serially it scores each chunk when it is submitted; with
 ``overlap`` a single worker thread scores chunk k while the caller samples chunk k+1. Sampling draws its
@@ -131,10 +133,8 @@ def guarded_score(
         except Exception as e:
             last, stuck = f"raised {type(e).__name__}: {e}", None
             continue
-        first_error = _all_errored(out)
-        if first_error is None:
-            return out
-        last, stuck = f"failed on all {len(samples)} samples ({first_error})", None
+        if _all_errored(out) is None or attempt == retries:
+            return out  # an all-errored call, once retried, is judged over the whole step (collect)
     raise RewardFailedError(
         f"reward {name!r} failed {retries + 1} time(s) in a row; last error: {last}. The run stops "
         "rather than train on a reward that is not there (rewards.retries, rewards.timeout_s)"
@@ -207,4 +207,11 @@ class ChunkScorer:
         self.wait_s = time.perf_counter() - t0
         raw = {name: torch.cat([p[0][name] for p in parts]) for name in parts[0][0]}
         details = [d for p in parts for d in p[1]]
+        for name in raw:
+            errors = [d.get(f"{name}.error") for d in details]
+            if errors and all(e is not None for e in errors):
+                raise RewardFailedError(
+                    f"reward {name!r} failed on all {len(errors)} samples of the step (first: {errors[0]}). "
+                    "The run stops rather than train on a reward that is not there"
+                )
         return raw, details

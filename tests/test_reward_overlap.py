@@ -180,22 +180,51 @@ def test_setup_errors_are_not_retried_and_keep_their_type():
     assert len(reward.calls) == 1
 
 
-def test_one_bad_sample_stays_nan_but_a_reward_failing_every_sample_stops_the_run():
-    class FailsWhenFlagged(Reward):
-        name = "flagged"
-        needs_image = False
+class FailsWhenFlagged(Reward):
+    name = "flagged"
+    needs_image = False
 
-        def _score_batch(self, samples):
-            if any(s.metadata.get("bad") for s in samples):
-                raise ValueError("unreadable")
-            return [Score(2.0) for _ in samples]
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
 
+    def _score_batch(self, samples):
+        self.calls += 1
+        if any(s.metadata.get("bad") for s in samples):
+            raise ValueError("unreadable")
+        return [Score(2.0) for _ in samples]
+
+
+def test_one_bad_sample_stays_nan_and_an_all_errored_call_is_retried_then_kept():
     good_and_bad = [Sample(id="ok", prompt="a"), Sample(id="bad", prompt="b", metadata={"bad": True})]
     out = guarded_score("f", FailsWhenFlagged(), good_and_bad, timeout_s=None, retries=0, backoff_s=0.0)
     assert out.scores[0] == 2.0 and out.scores[1] != out.scores[1] and "unreadable" in out.errors[1]
     all_bad = [Sample(id=f"b{i}", prompt="b", metadata={"bad": True}) for i in range(3)]
-    with pytest.raises(RewardFailedError, match=r"reward 'f' .*failed on all 3 samples \(sample 'b0'"):
-        guarded_score("f", FailsWhenFlagged(), all_bad, timeout_s=None, retries=1, backoff_s=0.0)
+    reward = FailsWhenFlagged()
+    out = guarded_score("f", reward, all_bad, timeout_s=None, retries=1, backoff_s=0.0)
+    assert all("unreadable" in e for e in out.errors) and reward.calls >= 2  # retried before it was kept
+
+
+def _flagged_set() -> RewardSet:
+    config = RewardsConfig(components=[RewardSpec(name="flagged")], retries=0)
+    return RewardSet(config, {"flagged": FailsWhenFlagged()})
+
+
+def test_a_group_failing_on_its_own_keeps_the_step_but_a_step_failing_everywhere_stops_the_run():
+    reward_set = _flagged_set()
+    good = [Sample(id=f"g{i}", prompt="a") for i in range(2)]
+    bad = [Sample(id=f"b{i}", prompt="b", metadata={"bad": True}) for i in range(2)]
+    with ChunkScorer(reward_set.raw, overlap=False) as scorer:  # chunk 2 (one prompt's group) all errored
+        scorer.submit(good, [None] * 2)
+        scorer.submit(bad, [None] * 2)
+        raw, details = scorer.collect()
+    assert raw["flagged"][:2].tolist() == [2.0, 2.0] and raw["flagged"][2:].isnan().all()
+    assert "unreadable" in details[3]["flagged.error"]
+    with ChunkScorer(reward_set.raw, overlap=True) as scorer:
+        scorer.submit(bad[:1], [None])
+        scorer.submit(bad[1:], [None])
+        with pytest.raises(RewardFailedError, match=r"reward 'flagged' failed on all 2 samples of the step"):
+            scorer.collect()
 
 
 def test_reward_call_settings_are_checked_with_their_config_keys():
