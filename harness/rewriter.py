@@ -339,16 +339,18 @@ def save_rewriter(
     *,
     step: int | None = None,
     sft_adapter: str | Path | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write an inference-ready rewriter: ``adapter/`` (PEFT safetensors), the SFT adapter it sits on,
-    and ``rewriter.json`` (base model, prompting and sampling settings)."""
+    and ``rewriter.json`` (base model, prompting and sampling settings). ``state_dict``: the weights
+    gathered whole when the live model is sharded (FSDP2)."""
     import shutil
 
     from evalsuite.store import atomic_write_json
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (model or policy.model).save_pretrained(path / "adapter", safe_serialization=True)
+    (model or policy.model).save_pretrained(path / "adapter", safe_serialization=True, state_dict=state_dict)
     sft_name = None
     if sft_adapter is not None:
         sft_name = "sft_adapter"
