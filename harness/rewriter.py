@@ -45,6 +45,7 @@ from evalsuite.harness.rollout import (
     gathered_logprobs,
     left_pad,
 )
+from evalsuite.harness.sharding import FinishTogether
 from evalsuite.qwen_vl import right_pad
 from evalsuite.reward import resolve_dtype
 
@@ -244,8 +245,11 @@ class RewriterPolicy(CompletionPolicy):
             # completion_logprobs' formula on the logits the token was drawn from (T = 0: unscaled)
             return nxt, gathered_logprobs(logits, nxt, 0.0)
 
+        lockstep = FinishTogether(model)  # FSDP: ranks decode the same number of forwards
+
         def next_logits(tokens: torch.Tensor, mask: torch.Tensor, step: int) -> torch.Tensor:
             nonlocal cache
+            lockstep.forward_coming()
             out = model(
                 input_ids=tokens.unsqueeze(-1),
                 attention_mask=mask,
@@ -265,6 +269,7 @@ class RewriterPolicy(CompletionPolicy):
             end_ids=self.end_ids,
             pad_id=self.pad_id,
         )
+        lockstep.until_all_finish(prompt_ids[:1, -1:])
         assert logps is not None  # choose always gives the drawn token's log-prob
         return completion, completion_mask, logps, done
 

@@ -210,3 +210,30 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options)
+
+
+# ------------------------------------------------------------------------------------- decoding
+
+
+class FinishTogether:
+    """Keeps FSDP-sharded ranks in step while they decode: every forward all-gathers each block from all
+    ranks, so a rank whose completions all ended early keeps running (discarded) forwards until every rank
+    has finished. Before each forward a rank votes 1 (one more forward), a finished rank 0; a no-op when
+    the model is not sharded."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.active = is_sharded(model)
+
+    def _vote(self, more: bool) -> bool:
+        flag = torch.tensor([1 if more else 0], device=next(self.model.parameters()).device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item())
+
+    def forward_coming(self) -> None:
+        if self.active:
+            self._vote(True)
+
+    def until_all_finish(self, probe_ids: torch.Tensor) -> None:
+        while self.active and self._vote(False):
+            self.model(input_ids=probe_ids, use_cache=False)
