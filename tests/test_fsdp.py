@@ -6,7 +6,9 @@ samples and recomputes half the batch, and gradients are averaged by a reduce-sc
 over the whole batch), so they agree to float32 rounding amplified by two Adam steps. Weights are compared
 to 1e-4 of the largest weight update of the run (plus 1e-7); per-step numbers to rtol 1e-4 with an absolute
 floor of 1e-5 for quantities that are sums of O(1) terms cancelling to ~0 (the first step's policy loss).
-A resumed sharded run redoes exactly the same operations on the same shards, so it must match bit for bit.
+Adam's g/(√v + ε) would turn the rounding noise of gradient elements near 0 into updates of ±lr, so the
+flow runs use ε = 1e-3 (above those elements' gradients): the update stays a smooth function of the gradient
+and the comparison means something. A resumed sharded run redoes exactly the same operations on the same shards, so it must match bit for bit.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def flow_recipe(tiny_dir: Path, out: Path, **changes):
     config = make_flow_config(out, tiny_dir, **{"steps": 2, "log_param_hash": True, **changes})
     config.grpo.prompts_per_step, config.grpo.group_size, config.grpo.micro_batch_size = 2, 4, 4
     config.flow.sample_batch_size = config.flow.train_batch_size = 4
-    config.optim.lr = 1e-3
+    config.optim.lr, config.optim.eps = 1e-3, 1e-3  # see the module docstring
     return config
 
 
