@@ -141,8 +141,11 @@ def train(
             seed=derive_seed(config.seed, "flow_lora", 0),
             reference=g.beta != 0.0,
         )
-    if run.sharded and config.flow.ema:
-        raise ConfigError("flow.ema is not supported with FSDP yet (its shadow would be sharded too)")
+    if run.sharded and (config.flow.ema or config.mode == "promptloop"):  # not built for FSDP yet
+        raise ConfigError(
+            "with FSDP: flow.ema (its shadow would need sharding too) and PromptLoop (its VL refiner does "
+            "not decode in lockstep across ranks) are not supported yet; use DDP for them"
+        )
     lm = build_lm(config, device)
     optimizers: dict[str, Any] = {}
     schedulers: dict[str, Any] = {}
