@@ -35,6 +35,7 @@ from evalsuite.errors import ConfigError
 from evalsuite.harness import grpo, scaffold
 from evalsuite.harness.checkpoint import TRAINER_STATE, load_state, restore_rng, write_checkpoint
 from evalsuite.harness.config import TrainConfig, load_config
+from evalsuite.harness.full_finetune import load_full_lm_weights
 from evalsuite.harness.metrics import log_param_hashes, param_hash
 from evalsuite.harness.model_source import loading
 from evalsuite.harness.prompts_data import load_prompts, step_prompts
@@ -43,7 +44,7 @@ from evalsuite.harness.rewards import RewardSet
 from evalsuite.harness.rewriter import RewriterPolicy, build_policy, save_rewriter
 from evalsuite.harness.rewriter_step import policy_update, rollout, sample_records, step_metrics
 from evalsuite.harness.sft import sft_warm_start
-from evalsuite.harness.sharding import full_trainable, load_sharded, save_sharded
+from evalsuite.harness.sharding import full_model_state, full_trainable, load_sharded, save_sharded
 from evalsuite.seeding import derive_seed
 from evalsuite.store import atomic_write_json
 
@@ -132,8 +133,9 @@ def train(
         device=device,
         seed=derive_seed(config.seed, "lora", 0),
         sft_adapter=None if sft_adapter is None else str(sft_adapter),
+        reference=config.grpo.beta != 0.0,
     )
-    model, optimizer = scaffold.prepare_trained(run, policy.model, config.optim)
+    model, optimizer = scaffold.prepare_trained(run, policy.model, config.optim, frozen=policy.reference)
     scheduler = scaffold.warmup_schedule(optimizer, config.optim)
     tracker = grpo.stat_tracker(config.grpo)  # Flow-GRPO's per-prompt statistics, cleared every step
 
@@ -240,7 +242,9 @@ def train(
             )
 
     # ---- the trained rewriter, ready for load_rewriter
-    whole = full_trainable(model) if run.sharded else None  # every rank: FSDP gathers the shards
+    whole = None  # sharded: every rank takes part in gathering the whole weights (rank 0 keeps a full LM)
+    if run.sharded:
+        whole = full_model_state(model) if config.policy.full_finetune else full_trainable(model)
 
     def write_final(tmp: Path) -> None:
         unwrapped = accelerator.unwrap_model(model)
@@ -296,6 +300,9 @@ def load_checkpoint(
 
     if sharded:
         load_sharded(path, {"lm": (model, {"optimizer": optimizer})})
+    elif (path / "model").is_dir():  # a full fine-tune's weights
+        load_full_lm_weights(accelerator.unwrap_model(model), path / "model")
+        optimizer.load_state_dict(load_state(path / "optimizer.pt"))
     else:
         weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(accelerator.unwrap_model(model), weights)

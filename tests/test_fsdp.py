@@ -30,9 +30,9 @@ import yaml
 from safetensors.torch import load_file
 
 from evalsuite.harness import flow_train
-from evalsuite.harness import train as rewriter_train
 from evalsuite.reward import Reward, Score
 from tests.test_flow_train import make_config as make_flow_config
+from tests.test_train import _with_sft, sft_adapter, tiny  # noqa: F401  (module fixtures used below)
 from tests.test_train import make_config as make_rewriter_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,10 +81,27 @@ def fsdp_config(tmp_path: Path) -> Path:
     return path
 
 
-def launch(tmp_path: Path, module: str, *args: str, machines: int = 1, path: tuple[Path, ...] = ()) -> None:
+def launch(
+    tmp_path: Path, module: str, *args: str, machines: int = 1, path: tuple[Path, ...] = (), ddp: bool = False
+) -> None:
     """``accelerate launch --config_file fsdp.yaml -m MODULE ARGS`` on 2 processes: one machine with two,
-    or two "machines" on 127.0.0.1 with one each (``--machine_rank 0/1``, started together)."""
+    or two "machines" on 127.0.0.1 with one each (``--machine_rank 0/1``, started together); ``ddp``: the
+    same two processes under DDP (``--multi_gpu`` starts ranked CPU processes)."""
     base = [str(ACCELERATE), "launch", "--config_file", str(fsdp_config(tmp_path))]
+    if ddp:
+        base = [
+            str(ACCELERATE),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
     if machines == 1:
         commands = [[*base, "-m", module, *args]]
     else:
@@ -263,21 +280,28 @@ def test_flow_full_finetune_on_two_machines_equals_one_process(tiny_dir, tmp_pat
     assert len(scores) == 8 and np.isfinite(scores).all()
 
 
-def test_rewriter_lora_sharded_equals_one_process(tiny_dir, tmp_path):
+@pytest.mark.parametrize("full_finetune", [False, True])
+def test_rewriter_sharded_equals_unsharded(tiny, sft_adapter, tmp_path, full_finetune):  # noqa: F811
+    """LoRA, and full fine-tuning with RePrompt's KL (β 0.04) to a frozen sharded copy, from the SFT warm
+    start (whose well-formed rewrites differ within a group: a learning signal). The rewriter's sampler
+    draws each rank's completions from one generator, so its samples depend on the number of processes:
+    the run to equal is two unsharded (DDP) processes, which differ from FSDP2 only by the sharding."""
     torch.set_num_threads(1)
 
     def config(out: Path):
         cfg = make_rewriter_config(
-            out,
-            tiny_dir / "qwen2-lm",
+            _with_sft(out, sft_adapter),
+            tiny["qwen2-lm"],
             steps=2,
             log_param_hash=True,
-            sft__steps=0,
             grpo__prompts_per_step=2,
             grpo__group_size=4,
             grpo__num_inner_epochs=1,
             grpo__minibatches=1,
+            grpo__beta=0.04,
             optim__lr=1e-3,
+            optim__eps=1e-3,  # see the module docstring
+            policy__full_finetune=full_finetune,
         )
         cfg.rewards.components[0].name = "text_length"
         cfg.rewards.components[0].target = "tests.test_fsdp:TextLengthReward"
@@ -289,13 +313,21 @@ def test_rewriter_lora_sharded_equals_one_process(tiny_dir, tmp_path):
         "--config",
         str(recipe(config(tmp_path / "sharded"), tmp_path / "r.yaml")),
     )
-    rewriter_train.train(config(tmp_path / "single"))
+    launch(
+        tmp_path,
+        "evalsuite.harness.train",
+        "--config",
+        str(recipe(config(tmp_path / "single"), tmp_path / "d.yaml")),
+        ddp=True,
+    )
     rows = metrics(tmp_path / "sharded")
-    assert float(rows[0]["reward/std"]) > 0  # a learning signal, so the update is not trivially zero
+    assert float(rows[0]["groups/zero_std_fraction"]) < 1  # a learning signal: the update is not zero
     assert_steps_match(rows, metrics(tmp_path / "single"), ["loss", "kl", "reward/mean", "grad_norm"])
-    adapter = "final/adapter/adapter_model.safetensors"
+    assert float(rows[-1]["kl"]) > 0 or not full_finetune  # full: a separate frozen copy is the reference
+    weights = "final/model/model.safetensors" if full_finetune else "final/adapter/adapter_model.safetensors"
+    start = load_file(str(tiny["qwen2-lm"] / "model.safetensors")) if full_finetune else {}
     assert_weights_match(
-        load_file(str(tmp_path / "sharded" / adapter)), load_file(str(tmp_path / "single" / adapter)), {}
+        load_file(str(tmp_path / "sharded" / weights)), load_file(str(tmp_path / "single" / weights)), start
     )
 
     from evalsuite.harness.rewriter import load_rewriter  # the export loads as --rewriter does
