@@ -42,6 +42,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
+DDP_ARGS = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
 FSDP2 = {
     "compute_environment": "LOCAL_MACHINE",
     "distributed_type": "FSDP",
@@ -89,19 +90,7 @@ def launch(
     same two processes under DDP (``--multi_gpu`` starts ranked CPU processes)."""
     base = [str(ACCELERATE), "launch", "--config_file", str(fsdp_config(tmp_path))]
     if ddp:
-        base = [
-            str(ACCELERATE),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-        ]
+        base = [str(ACCELERATE), "launch", *DDP_ARGS.split()]
     if machines == 1:
         commands = [[*base, "-m", module, *args]]
     else:
