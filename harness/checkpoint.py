@@ -87,9 +87,15 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def write_checkpoint(
-    out_dir: Path, step: int, accelerator: Any, write_main: Callable[[Path], None], keep: int | None
+    out_dir: Path,
+    step: int,
+    accelerator: Any,
+    write_main: Callable[[Path], None],
+    keep: int | None,
+    write_all: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_XXXXXX`` atomically; ``write_main(tmp)`` writes TRAINER_STATE last."""
+    """Write ``checkpoints/step_XXXXXX`` atomically; ``write_all(tmp)`` runs on every rank (sharded state),
+    then ``write_main(tmp)`` on the main process writes TRAINER_STATE last."""
     root = out_dir / CHECKPOINTS
     name = f"step_{step:06d}"
     tmp, final = root / f".{name}.tmp", root / name
@@ -98,6 +104,9 @@ def write_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     atomic_write_json(tmp / f"rng_rank{accelerator.process_index}.json", rng_state())
+    if write_all is not None:
+        write_all(tmp)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_main(tmp)
     accelerator.wait_for_everyone()

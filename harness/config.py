@@ -60,6 +60,7 @@ class PolicyConfig:
     max_new_tokens: int = 256
     temperature: float = 0.9
     lora: LoraSettings = field(default_factory=LoraSettings)
+    full_finetune: bool = False  # train every weight (RePrompt), no LoRA; KL reference: a frozen copy
     gradient_checkpointing: bool = False
     train_mode: bool = False
 

@@ -76,6 +76,7 @@ class FlowPolicyConfig:
     sample_batch_size: int = 8
     train_batch_size: int = 8  # (sample, step) pairs per forward+backward
     lora: FlowLoraSettings = field(default_factory=FlowLoraSettings)
+    full_finetune: bool = False  # train every transformer weight (no LoRA); KL reference: a frozen copy
     gradient_checkpointing: bool = False
     ema: bool = False
     ema_decay: float = 0.9

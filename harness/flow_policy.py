@@ -9,16 +9,20 @@ the family's (``flow_families``: FLUX.1-dev/Kontext, SD3.5, …), picked from mo
 train-time recompute see the same inputs in the same dtype: the first inner step's ratio is 1.
 
 LoRA via diffusers' PEFT integration (``lora``); the reference policy is the same transformer with the
-adapter disabled (``adapter_disabled``), so no second copy is held. The rollout's data types are in
-``flow_trajectory``.
+adapter disabled (``adapter_disabled``), so no second copy is held. ``flow.full_finetune`` trains every
+transformer weight instead; its reference is then a frozen copy, made only when β ≠ 0. The rollout's
+data types are in ``flow_trajectory``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,6 +61,8 @@ class FlowPolicy:
         self.model_id = model_id or config.model
         self.family = family or family_class(config, type(pipeline).__name__)(pipeline, config)
         self.transformer = pipeline.transformer
+        self.full_finetune = config.full_finetune
+        self.reference: Any = None  # full fine-tuning with β ≠ 0: the frozen starting transformer
         self.is_edit = self.family.is_edit
         self.distilled = self.family.guidance == "embedding"
         if config.sde_type not in ("sde", "cps"):
@@ -66,9 +72,16 @@ class FlowPolicy:
 
     @classmethod
     def from_pretrained(
-        cls, config: FlowPolicyConfig, device: str | torch.device = "cpu", *, lora: bool = True, seed: int = 0
+        cls,
+        config: FlowPolicyConfig,
+        device: str | torch.device = "cpu",
+        *,
+        lora: bool = True,
+        seed: int = 0,
+        reference: bool = False,
     ) -> FlowPolicy:
-        """Load the pipeline by hub id or folder, freeze everything, add the trainable LoRA."""
+        """Load the pipeline by hub id or folder, freeze everything, make it trainable (``lora``): a LoRA, or
+        every transformer weight with ``flow.full_finetune`` (plus a frozen copy when ``reference``)."""
         from diffusers import DiffusionPipeline
 
         with loading("flow.model", config.model):  # no such folder, not cached offline: one clear line
@@ -85,7 +98,11 @@ class FlowPolicy:
                 module.requires_grad_(False)
                 module.eval()
         policy = cls(pipe, config, family=family(pipe, config))
-        if lora:
+        if lora and config.full_finetune:
+            if reference:
+                policy.reference = copy.deepcopy(policy.transformer)
+            policy.transformer.requires_grad_(True)
+        elif lora:
             policy.add_lora(config.lora, seed=seed)
         if config.gradient_checkpointing:
             policy.transformer.enable_gradient_checkpointing()
@@ -127,7 +144,10 @@ class FlowPolicy:
             "sde_type": c.sde_type,
             "height": c.height,
             "width": c.width,
-            "lora": {"r": c.lora.r, "alpha": c.lora.alpha, "target_modules": self.lora_targets(c.lora)},
+            "lora": None
+            if c.full_finetune
+            else {"r": c.lora.r, "alpha": c.lora.alpha, "target_modules": self.lora_targets(c.lora)},
+            "full_finetune": c.full_finetune,
         }
 
     # ---------------------------------------------------------------------------------- conditioning
@@ -353,8 +373,52 @@ class FlowPolicy:
     # ------------------------------------------------------------------------------------------ LoRA
 
     def adapter_disabled(self) -> contextlib.AbstractContextManager[None]:
-        """The reference policy: the base transformer (LoRA off), restored afterwards even on error."""
+        """The reference policy: the base transformer (LoRA off), restored afterwards even on error; after
+        full fine-tuning, ``self.transformer`` is the frozen copy while the context lasts."""
+        if self.full_finetune:
+            return self._reference_swapped()
         return transformer_adapter_disabled(self.transformer)
+
+    @contextlib.contextmanager
+    def _reference_swapped(self) -> Any:
+        if self.reference is None:
+            raise ConfigError("full fine-tuning keeps a reference copy only when grpo.beta != 0")
+        live, self.transformer = self.transformer, self.reference
+        try:
+            yield
+        finally:
+            self.transformer = live
+
+    def save_pipeline(self, folder: str, transformer_state: dict[str, torch.Tensor] | None = None) -> None:
+        """A complete diffusers folder with the fine-tuned transformer (``evalsuite run --model DIR``):
+        the frozen components as loaded, the transformer from ``transformer_state`` (gathered whole when
+        sharded) or the live module."""
+        from safetensors.torch import save_file
+
+        from evalsuite.harness.sharding import unsharded_class
+
+        state = transformer_state
+        if state is None:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.transformer.state_dict().items()}
+        others = {k: v for k, v in self.pipeline.components.items() if k != "transformer"}
+        type(self.pipeline)(**others, transformer=None).save_pretrained(folder, safe_serialization=True)
+        cls = unsharded_class(self.transformer)
+        target = Path(folder) / "transformer"
+        target.mkdir(parents=True, exist_ok=True)
+        config = {**dict(self.transformer.config), "_class_name": cls.__name__}
+        (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        save_file(state, str(target / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+        index_file = Path(folder) / "model_index.json"
+        index = json.loads(index_file.read_text())
+        index["transformer"] = ["diffusers", cls.__name__]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True))
+
+    def load_transformer_weights(self, folder: str) -> None:
+        """Restore a full fine-tune's transformer from a ``save_pipeline`` folder (resume without FSDP)."""
+        from safetensors.torch import load_file
+
+        state = load_file(f"{folder}/transformer/diffusion_pytorch_model.safetensors")
+        self.transformer.load_state_dict(state)
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         return transformer_lora_state_dict(self.transformer)

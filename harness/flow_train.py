@@ -37,7 +37,7 @@ from evalsuite.errors import ConfigError
 from evalsuite.harness import grpo, scaffold
 from evalsuite.harness.config import RewardsConfig
 from evalsuite.harness.ema import EMA
-from evalsuite.harness.flow_checkpoint import load_checkpoint, save_checkpoint, save_models
+from evalsuite.harness.flow_checkpoint import gather_trained, load_checkpoint, save_checkpoint, save_models
 from evalsuite.harness.flow_config import FlowTrainConfig, load_flow_config, validate_flow_config
 from evalsuite.harness.flow_policy import FlowPolicy
 from evalsuite.harness.flow_rollout import FlowBatch, evaluate_heldout, rollout
@@ -135,22 +135,29 @@ def train(
     train_flow = config.mode == "flow" or (config.mode == "promptrl" and not config.promptrl.prompt_only)
     if flow is None:
         flow = FlowPolicy.from_pretrained(
-            config.flow, device, lora=train_flow, seed=derive_seed(config.seed, "flow_lora", 0)
+            config.flow,
+            device,
+            lora=train_flow,
+            seed=derive_seed(config.seed, "flow_lora", 0),
+            reference=g.beta != 0.0,
+        )
+    if run.sharded and (config.flow.ema or config.mode == "promptloop"):  # not built for FSDP yet
+        raise ConfigError(
+            "with FSDP: flow.ema (its shadow would need sharding too) and PromptLoop (its VL refiner does "
+            "not decode in lockstep across ranks) are not supported yet; use DDP for them"
         )
     lm = build_lm(config, device)
     optimizers: dict[str, Any] = {}
     schedulers: dict[str, Any] = {}
     flow_model, lm_model, ema = flow.transformer, None, None
     if train_flow:
-        opt = scaffold.adamw(flow.trainable_parameters(), config.optim)
-        flow_model, opt = accelerator.prepare(flow.transformer, opt)
+        flow_model, opt = scaffold.prepare_trained(run, flow.transformer, config.optim, frozen=flow.reference)
         optimizers["flow_optimizer"] = opt
         schedulers["flow"] = scaffold.warmup_schedule(opt, config.optim)
         if config.flow.ema:
             ema = EMA(flow.trainable_parameters(), config.flow.ema_decay)
     if lm is not None:
-        params = [p for p in lm.model.parameters() if p.requires_grad]
-        lm_model, opt = accelerator.prepare(lm.model, scaffold.adamw(params, config.policy_optim))
+        lm_model, opt = scaffold.prepare_trained(run, lm.model, config.policy_optim)
         optimizers["lm_optimizer"] = opt
         schedulers["lm"] = scaffold.warmup_schedule(opt, config.policy_optim)
     tracker = grpo.stat_tracker(g)
@@ -159,7 +166,13 @@ def train(
     start, ckpt = 0, scaffold.checkpoint_to_resume(run, config)
     if ckpt is not None:
         state = load_checkpoint(
-            ckpt, flow=flow, lm_model=lm_model, optimizers=optimizers, ema=ema, accelerator=accelerator
+            ckpt,
+            flow=flow,
+            lm_model=lm_model,
+            optimizers=optimizers,
+            ema=ema,
+            accelerator=accelerator,
+            sharded=run.sharded,
         )
         for key, sched in schedulers.items():
             sched.load_state_dict(state["schedulers"][key])
@@ -247,8 +260,10 @@ def train(
         if eval_set is not None:  # every row has the eval columns (the CSV header is fixed by row 1)
             metrics.update({f"eval/{k}": math.nan for k in eval_set.weights})
         evaluating = config.eval_every and (step + 1) % config.eval_every == 0 and eval_set is not None
-        if evaluating and accelerator.is_main_process:  # deterministic: one rank's renders are everyone's
-            metrics.update(evaluate_heldout(config, eval_rows, flow, eval_set, ema, eval_base))
+        # deterministic: one rank's renders are everyone's (sharded, every rank takes part in each forward)
+        if evaluating and (accelerator.is_main_process or run.sharded):
+            held_out = evaluate_heldout(config, eval_rows, flow, eval_set, ema, eval_base)
+            metrics.update(held_out if accelerator.is_main_process else {})
         metrics["time/step_s"] = time.perf_counter() - t0
         history.append(metrics)
         if logger is not None:
@@ -269,12 +284,17 @@ def train(
                 accelerator=accelerator,
                 state=scaffold.trainer_state(config, step + 1, world, tracker, schedulers=schedules),
                 keep=config.keep_checkpoints,
+                sharded=run.sharded,
             )
 
-    # ---- the trained weights, ready for evalsuite run --lora / load_rewriter
+    # ---- the trained weights, ready for evalsuite run --lora / --model / load_rewriter
+    gathered = gather_trained(flow, lm_model, run.sharded)  # every rank: FSDP gathers the shards
+
     def write_final(tmp: Path) -> None:
         tmp.mkdir(parents=True)
-        save_models(tmp, flow=flow, lm=lm, lm_model=lm_model, accelerator=accelerator, ema=ema)
+        save_models(
+            tmp, flow=flow, lm=lm, lm_model=lm_model, accelerator=accelerator, ema=ema, gathered=gathered
+        )
         info = {
             "base_model": config.flow.model,
             "revision": config.flow.revision,

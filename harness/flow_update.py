@@ -13,6 +13,7 @@ from evalsuite.harness import grpo
 from evalsuite.harness.flow_config import FlowTrainConfig
 from evalsuite.harness.flow_policy import FlowPolicy
 from evalsuite.harness.flow_rollout import FlowBatch
+from evalsuite.harness.sharding import clip_grad_norm
 
 
 def flow_update(
@@ -86,8 +87,8 @@ def flow_update(
             if not chunks:
                 continue
             if config.optim.max_grad_norm is not None:
-                norm = accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
-                totals["flow/grad_norm"] = totals.get("flow/grad_norm", 0.0) + float(norm) / n_updates
+                norm = clip_grad_norm(params, config.optim.max_grad_norm, accelerator)
+                totals["flow/grad_norm"] = totals.get("flow/grad_norm", 0.0) + norm / n_updates
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return totals
@@ -145,8 +146,8 @@ def lm_update(
                         totals.get(f"lm/{k}", 0.0) + float(stats[k]) * weight / g.num_inner_epochs
                     )
         if config.policy_optim.max_grad_norm is not None:
-            norm = accelerator.clip_grad_norm_(params, config.policy_optim.max_grad_norm)
-            totals["lm/grad_norm"] = totals.get("lm/grad_norm", 0.0) + float(norm) / g.num_inner_epochs
+            norm = clip_grad_norm(params, config.policy_optim.max_grad_norm, accelerator)
+            totals["lm/grad_norm"] = totals.get("lm/grad_norm", 0.0) + norm / g.num_inner_epochs
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return totals

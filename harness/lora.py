@@ -45,7 +45,7 @@ def add_lora(
         if adapter is not None:
             return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
         if lora.r < 1:
-            raise ConfigError(f"policy.lora.r must be >= 1 (full fine-tuning is not supported), got {lora.r}")
+            raise ConfigError(f"policy.lora.r must be >= 1 (or policy.full_finetune: true), got {lora.r}")
         config = LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,

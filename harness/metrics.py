@@ -161,12 +161,15 @@ def log_image_grid(
 
 
 def param_hash(model: Any) -> str:
-    """SHA-256 of the trainable parameters, in name order (equal on every rank iff the ranks agree)."""
+    """SHA-256 of the trainable parameters, in name order (equal on every rank iff the ranks agree; a
+    collective under FSDP, where every rank hashes the gathered whole)."""
+    from evalsuite.harness.sharding import full_tensor
+
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if p.requires_grad:
             h.update(name.encode())
-            h.update(p.detach().float().cpu().numpy().tobytes())
+            h.update(full_tensor(p).float().numpy().tobytes())  # whole, when FSDP-sharded
     return h.hexdigest()
 
 

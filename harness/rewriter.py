@@ -21,6 +21,7 @@ the tokens come from a different distribution than the one we score, and because
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 from evalsuite.errors import ConfigError
 from evalsuite.harness.completion_format import ParsedCompletion
 from evalsuite.harness.config import DEFAULT_SYSTEM_PROMPT, PolicyConfig
+from evalsuite.harness.full_finetune import frozen_reference_logprobs, save_lm
 from evalsuite.harness.lora import add_lora, enable_gradient_checkpointing, lean_lora, merge_adapter
 from evalsuite.harness.model_source import loading
 from evalsuite.harness.rollout import (
@@ -45,6 +47,7 @@ from evalsuite.harness.rollout import (
     gathered_logprobs,
     left_pad,
 )
+from evalsuite.harness.sharding import FinishTogether
 from evalsuite.qwen_vl import right_pad
 from evalsuite.reward import resolve_dtype
 
@@ -150,10 +153,18 @@ def _shared_prompts(
 class RewriterPolicy(CompletionPolicy):
     """A causal LM (usually a ``PeftModel``) plus its tokenizer and prompting/sampling settings."""
 
-    def __init__(self, model: Any, tokenizer: Any, config: PolicyConfig) -> None:
+    def __init__(self, model: Any, tokenizer: Any, config: PolicyConfig, reference: Any = None) -> None:
         super().__init__(model, tokenizer, config)
+        self.reference = reference  # full fine-tuning with β ≠ 0: the frozen starting LM
         self.end_ids = end_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_ids[0]
+
+    @torch.no_grad()
+    def record_reference_logprobs(self, rollout: Any, micro_batch_size: int) -> None:
+        """KL reference log-probs: a full fine-tune's frozen copy, else the LoRA switched off."""
+        if self.reference is None:
+            return super().record_reference_logprobs(rollout, micro_batch_size)
+        rollout.ref_logp = frozen_reference_logprobs(self, rollout, micro_batch_size)
 
     def chat_text(self, prompt: str) -> str:
         messages = []
@@ -244,8 +255,11 @@ class RewriterPolicy(CompletionPolicy):
             # completion_logprobs' formula on the logits the token was drawn from (T = 0: unscaled)
             return nxt, gathered_logprobs(logits, nxt, 0.0)
 
+        lockstep = FinishTogether(model)  # FSDP: ranks decode the same number of forwards
+
         def next_logits(tokens: torch.Tensor, mask: torch.Tensor, step: int) -> torch.Tensor:
             nonlocal cache
+            lockstep.forward_coming()
             out = model(
                 input_ids=tokens.unsqueeze(-1),
                 attention_mask=mask,
@@ -265,6 +279,7 @@ class RewriterPolicy(CompletionPolicy):
             end_ids=self.end_ids,
             pad_id=self.pad_id,
         )
+        lockstep.until_all_finish(prompt_ids[:1, -1:])
         assert logps is not None  # choose always gives the drawn token's log-prob
         return completion, completion_mask, logps, done
 
@@ -322,14 +337,19 @@ def build_policy(
     adapter: str | None = None,
     lora: bool = True,
     trainable: bool = True,
+    reference: bool = False,
 ) -> RewriterPolicy:
-    """The policy: base model (+ merged SFT warm start) + LoRA (fresh, seeded init, or loaded)."""
+    """The policy: base model (+ merged SFT warm start) + LoRA (fresh, seeded init, or loaded), or all of it
+    trained (``policy.full_finetune``; a frozen copy for the KL when ``reference``)."""
     model, tokenizer = load_base_model(config, device, sft_adapter)
-    if lora:
+    frozen = copy.deepcopy(model).requires_grad_(False) if config.full_finetune and reference else None
+    if config.full_finetune and lora:
+        model.requires_grad_(trainable)
+    elif lora:
         model = add_lora(model, config.lora, adapter, seed=seed, trainable=trainable)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    return RewriterPolicy(model, tokenizer, config)
+    return RewriterPolicy(model, tokenizer, config, reference=frozen)
 
 
 def save_rewriter(
@@ -339,17 +359,20 @@ def save_rewriter(
     *,
     step: int | None = None,
     sft_adapter: str | Path | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write an inference-ready rewriter: ``adapter/`` (PEFT safetensors), the SFT adapter it sits on,
-    and ``rewriter.json`` (base model, prompting and sampling settings)."""
+    and ``rewriter.json`` (base model, prompting and sampling settings). ``state_dict``: the weights
+    gathered whole when the live model is sharded (FSDP2)."""
     import shutil
 
     from evalsuite.store import atomic_write_json
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (model or policy.model).save_pretrained(path / "adapter", safe_serialization=True)
-    sft_name = None
+    full = policy.config.full_finetune  # its SFT warm start was merged into the weights before training
+    save_lm(path, model or policy.model, policy.tokenizer, full=full, state_dict=state_dict)
+    sft_adapter, sft_name = None if full else sft_adapter, None
     if sft_adapter is not None:
         sft_name = "sft_adapter"
         if Path(sft_adapter).resolve() != (path / sft_name).resolve():
@@ -369,7 +392,8 @@ def save_rewriter(
             "response_prefix": cfg.response_prefix,
             "max_new_tokens": cfg.max_new_tokens,
             "temperature": cfg.temperature,
-            "adapter": "adapter",
+            "adapter": None if full else "adapter",
+            "model": "model" if full else None,
             "sft_adapter": sft_name,
         },
     )
@@ -461,12 +485,14 @@ def load_rewriter(
         max_new_tokens=max_new_tokens or meta["max_new_tokens"],
         temperature=meta["temperature"],
     )
+    cfg.model = str(folder / meta["model"]) if meta.get("model") else cfg.model  # a full fine-tune's LM
     sft = folder / meta["sft_adapter"] if meta.get("sft_adapter") else None
     policy = build_policy(
         cfg,
         device=device,
         sft_adapter=None if sft is None else str(sft),
-        adapter=str(folder / meta.get("adapter", "adapter")),
+        adapter=None if meta.get("model") else str(folder / meta.get("adapter", "adapter")),
+        lora=not meta.get("model"),
         trainable=False,
     )
     policy.model.eval()

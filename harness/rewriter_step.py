@@ -20,6 +20,7 @@ from evalsuite.harness.rewards import RewardSet, finite_stats
 from evalsuite.harness.rewriter import RewriterPolicy, Rollout
 from evalsuite.harness.rollout import set_training
 from evalsuite.harness.scaffold import logprobs_source
+from evalsuite.harness.sharding import clip_grad_norm
 from evalsuite.sample import Sample
 from evalsuite.seeding import derive_seed
 
@@ -177,7 +178,7 @@ def policy_update(
                     diff = (logp.detach() - part.logp).abs().double()
                     diffs.append(torch.where(part.completion_mask.bool(), diff, 0.0).max())
             if config.optim.max_grad_norm is not None:
-                norm = accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
+                norm = clip_grad_norm(params, config.optim.max_grad_norm, accelerator)
                 norm = torch.as_tensor(norm).detach().double()
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + norm / passes
             optimizer.step()

@@ -33,22 +33,31 @@ from evalsuite.store import atomic_write_json
 # ------------------------------------------------------------------------------------------- checks
 
 
-def check_engine(accelerator: Any) -> None:
-    """Refuse engines that shard parameters: our samplers run the unwrapped module, which under FSDP or
-    DeepSpeed ZeRO-3 holds only this rank's shard. DDP and ZeRO-1/2 keep whole parameters on every rank."""
+def check_engine(accelerator: Any) -> bool:
+    """Whether this run shards its policies (FSDP2, harness/sharding.py); refuse what cannot work.
+
+    FSDP must be version 2: its per-block all-gather lets the samplers run the sharded module. DeepSpeed
+    ZeRO-3 stays refused: its parameters are gathered only inside DeepSpeed's engine forward, and our
+    samplers call the module many times per step outside it (and HF ``generate`` would need its hooks)."""
     from accelerate.utils import DistributedType
+
+    from evalsuite.harness.sharding import check_fsdp_version, fsdp_requested
 
     kind = accelerator.distributed_type
     stage = None
     if kind == DistributedType.DEEPSPEED:
         plugin = getattr(accelerator.state, "deepspeed_plugin", None)
         stage = getattr(plugin, "zero_stage", None)
-    if kind == DistributedType.FSDP or stage == 3:
+    if stage == 3:
         raise ConfigError(
-            f"{'FSDP' if kind == DistributedType.FSDP else 'DeepSpeed ZeRO-3'} shards the parameters, but "
-            "sampling runs the unsharded module: launch with DDP (--multi_gpu) or DeepSpeed ZeRO stage 1/2; "
-            "LoRA keeps the trainable state small, so DDP is usually enough"
+            "DeepSpeed ZeRO-3 shards the parameters, but gathers them only inside its engine's forward while "
+            "the samplers run the module directly: launch with FSDP (fsdp_version: 2), which shards and "
+            "samples, or with DDP / DeepSpeed ZeRO stage 1/2"
         )
+    if not fsdp_requested(accelerator):
+        return False
+    check_fsdp_version()
+    return True
 
 
 def logprobs_source(config: Any) -> str:
@@ -96,6 +105,7 @@ class Run:
     accelerator: Any
     out_dir: Path
     config_history: list[dict[str, Any]] = field(default_factory=list)
+    sharded: bool = False  # FSDP2: the trained policies are sharded over the processes (sharding.py)
 
     @property
     def world(self) -> int:
@@ -125,7 +135,7 @@ def start_run(config: Any, check_world: Callable[[int], None]) -> Run:
     # form a gloo process group; otherwise each process would silently train alone.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(cpu=multi_cpu)
-    check_engine(accelerator)
+    sharded = check_engine(accelerator)
     check_world(accelerator.num_processes)
     out_dir = Path(config.out_dir)
     history = check_resume(config, out_dir)
@@ -136,7 +146,7 @@ def start_run(config: Any, check_world: Callable[[int], None]) -> Run:
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
     torch.manual_seed(config.seed)
-    return Run(accelerator, out_dir, history)
+    return Run(accelerator, out_dir, history, sharded)
 
 
 class Warmup:
@@ -152,6 +162,20 @@ class Warmup:
 
 def adamw(params: Any, o: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def prepare_trained(run: Run, model: Any, o: OptimConfig, frozen: Any = None) -> tuple[Any, Any]:
+    """The trained module and its AdamW over its trainable parameters, ready for the engine: sharded per
+    block under FSDP2 (the optimizer then holds the shards; a ``frozen`` companion such as the KL
+    reference is sharded alike), else through ``accelerator.prepare`` (DDP)."""
+    if run.sharded:
+        from evalsuite.harness.sharding import shard
+
+        shard(model, run.device, run.world)
+        if frozen is not None:
+            shard(frozen, run.device, run.world)
+        return model, adamw([p for p in model.parameters() if p.requires_grad], o)
+    return run.accelerator.prepare(model, adamw([p for p in model.parameters() if p.requires_grad], o))
 
 
 def warmup_schedule(optimizer: Any, o: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:

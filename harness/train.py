@@ -35,6 +35,7 @@ from evalsuite.errors import ConfigError
 from evalsuite.harness import grpo, scaffold
 from evalsuite.harness.checkpoint import TRAINER_STATE, load_state, restore_rng, write_checkpoint
 from evalsuite.harness.config import TrainConfig, load_config
+from evalsuite.harness.full_finetune import load_full_lm_weights
 from evalsuite.harness.metrics import log_param_hashes, param_hash
 from evalsuite.harness.model_source import loading
 from evalsuite.harness.prompts_data import load_prompts, step_prompts
@@ -43,6 +44,7 @@ from evalsuite.harness.rewards import RewardSet
 from evalsuite.harness.rewriter import RewriterPolicy, build_policy, save_rewriter
 from evalsuite.harness.rewriter_step import policy_update, rollout, sample_records, step_metrics
 from evalsuite.harness.sft import sft_warm_start
+from evalsuite.harness.sharding import full_model_state, full_trainable, load_sharded, save_sharded
 from evalsuite.seeding import derive_seed
 from evalsuite.store import atomic_write_json
 
@@ -131,17 +133,22 @@ def train(
         device=device,
         seed=derive_seed(config.seed, "lora", 0),
         sft_adapter=None if sft_adapter is None else str(sft_adapter),
+        reference=config.grpo.beta != 0.0,
     )
-    optimizer = scaffold.adamw([p for p in policy.model.parameters() if p.requires_grad], config.optim)
+    model, optimizer = scaffold.prepare_trained(run, policy.model, config.optim, frozen=policy.reference)
     scheduler = scaffold.warmup_schedule(optimizer, config.optim)
-    model, optimizer = accelerator.prepare(policy.model, optimizer)
     tracker = grpo.stat_tracker(config.grpo)  # Flow-GRPO's per-prompt statistics, cleared every step
 
     # ---- resume
     start, ckpt = 0, scaffold.checkpoint_to_resume(run, config)
     if ckpt is not None:
         state = load_checkpoint(
-            ckpt, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator
+            ckpt,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            accelerator=accelerator,
+            sharded=run.sharded,
         )
         apply_optim_settings(optimizer, scheduler, config.optim)
         start = scaffold.resumed_step(ckpt, state, config.grpo.prompts_per_step, tracker)
@@ -235,9 +242,15 @@ def train(
             )
 
     # ---- the trained rewriter, ready for load_rewriter
+    whole = None  # sharded: every rank takes part in gathering the whole weights (rank 0 keeps a full LM)
+    if run.sharded:
+        whole = full_model_state(model) if config.policy.full_finetune else full_trainable(model)
+
     def write_final(tmp: Path) -> None:
         unwrapped = accelerator.unwrap_model(model)
-        save_rewriter(tmp, policy, unwrapped, step=max(config.steps, start), sft_adapter=sft_adapter)
+        save_rewriter(
+            tmp, policy, unwrapped, step=max(config.steps, start), sft_adapter=sft_adapter, state_dict=whole
+        )
 
     final_dir = scaffold.export_final(run, write_final, logger)
     return scaffold.TrainResult(out_dir, config.steps, final_dir, last_ckpt, history)
@@ -259,32 +272,45 @@ def save_checkpoint(
     keep: int | None,
 ) -> Path:
     """Adapter (+ the SFT adapter it sits on), optimizer, scheduler and trainer state, atomically
-    (evalsuite.harness.checkpoint: a kill at any moment leaves the previous checkpoint as ``latest``)."""
+    (evalsuite.harness.checkpoint: a kill at any moment leaves the previous checkpoint as ``latest``).
+    Under FSDP2 every rank writes its shards of the adapter and optimizer instead (sharding.py)."""
     accelerator = run.accelerator
 
     def write(tmp: Path) -> None:
-        save_rewriter(tmp, policy, accelerator.unwrap_model(model), step=step, sft_adapter=sft_adapter)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not run.sharded:
+            save_rewriter(tmp, policy, accelerator.unwrap_model(model), step=step, sft_adapter=sft_adapter)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         atomic_write_json(tmp / TRAINER_STATE, {**state, "step": step})
 
-    return write_checkpoint(run.out_dir, step, accelerator, write, keep)
+    def write_shards(tmp: Path) -> None:
+        save_sharded(tmp, {"lm": (model, {"optimizer": optimizer})})
+
+    return write_checkpoint(
+        run.out_dir, step, accelerator, write, keep, write_shards if run.sharded else None
+    )
 
 
 def load_checkpoint(
-    path: Path, *, model: Any, optimizer: Any, scheduler: Any, accelerator: Any
+    path: Path, *, model: Any, optimizer: Any, scheduler: Any, accelerator: Any, sharded: bool = False
 ) -> dict[str, Any]:
     """Restore adapter weights, optimizer, scheduler and this rank's RNG; return the trainer state."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(accelerator.unwrap_model(model), weights)
-    if getattr(result, "unexpected_keys", None):
-        raise ConfigError(
-            f"{path}: adapter does not match the configured LoRA ({result.unexpected_keys[:3]}…)"
-        )
-    optimizer.load_state_dict(load_state(path / "optimizer.pt"))
+    if sharded:
+        load_sharded(path, {"lm": (model, {"optimizer": optimizer})})
+    elif (path / "model").is_dir():  # a full fine-tune's weights
+        load_full_lm_weights(accelerator.unwrap_model(model), path / "model")
+        optimizer.load_state_dict(load_state(path / "optimizer.pt"))
+    else:
+        weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(accelerator.unwrap_model(model), weights)
+        if getattr(result, "unexpected_keys", None):
+            raise ConfigError(
+                f"{path}: adapter does not match the configured LoRA ({result.unexpected_keys[:3]}…)"
+            )
+        optimizer.load_state_dict(load_state(path / "optimizer.pt"))
     scheduler.load_state_dict(load_state(path / "scheduler.pt"))
     restore_rng(path, accelerator.process_index)
     return json.loads((path / TRAINER_STATE).read_text())

@@ -415,18 +415,22 @@ def test_two_ranks_under_accelerate_stay_in_sync(tiny_dir, tmp_path):
     assert ranks[0][0]["flow"] != ranks[0][1]["flow"]  # the LoRA moved between steps
 
 
-def test_parameter_sharding_engines_are_refused_with_a_clear_message():
+def test_engines_that_cannot_sample_sharded_are_refused_with_a_clear_message(monkeypatch):
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
     from evalsuite.harness.scaffold import check_engine
 
-    check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, state=None))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, state=None)) is False
     zero2 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))
     check_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=zero2))
-    with pytest.raises(ConfigError, match="FSDP shards"):
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match="fsdp_version: 2"):
         check_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, state=None))
+    monkeypatch.setenv("FSDP_VERSION", "2")  # FSDP2 shards and samples (tests/test_fsdp.py)
+    assert check_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, state=None)) is True
     zero3 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3))
     with pytest.raises(ConfigError, match="ZeRO-3"):
         check_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=zero3))
