@@ -97,8 +97,9 @@ def build(env: SideEnv, *, timeout: float = 1200.0) -> tuple[Path, float]:
     venv.parent.mkdir(parents=True, exist_ok=True)
     base_python = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base_python, "-m", "venv", str(venv)], check=True, capture_output=True)
-    purelib = subprocess.run([str(_python(venv)), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    ask = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = subprocess.run([str(_python(venv)), "-c", ask], check=True, capture_output=True,
+                             text=True).stdout.strip()
     # addsitedir appends ours after the venv's own site-packages and runs our .pth files too (the CPU
     # torchvision shim of scripts/cpu_compat lives in one).
     Path(purelib, "zz_evalsuite_base.pth").write_text(f"import site; site.addsitedir({spec['base']!r})\n",

@@ -66,6 +66,9 @@ class ModelRow:
     official: str  # what the official side runs
     prepare: Callable[[Path], Prepared]
     full: bool = False  # full-size weights: run only with --full
+    adjust: Callable[[Any], None] | None = None  # applied to our loaded reward (a diagnostic variant)
+    cause: str = ""  # the documented cause of a known gap (the row then does not fail the command)
+    reward: str = ""  # our registered reward, when the row's name is not it
 
 
 def _count_params(state: dict[str, Any]) -> int:
@@ -139,7 +142,7 @@ def _prepare_clipscore(work: Path) -> Prepared:
 
 
 def _prepare_pickscore(work: Path) -> Prepared:
-    """The tiny PickScore (transformers ``CLIPModel`` + ``CLIPProcessor`` folder) as `evalsuite tiny` writes it."""
+    """The tiny PickScore (a transformers ``CLIPModel`` + ``CLIPProcessor`` folder, `evalsuite tiny`)."""
     from evalsuite.tiny import write_tiny
 
     folder = write_tiny(work / "tiny", names=["clip"])["clip"]
@@ -172,6 +175,22 @@ def _prepare_hpsv2(work: Path) -> Prepared:
                     "tiny random, official `HPS_v2.1_compressed.pt` (`{'state_dict': ...}`)")
 
 
+def _pil_image_processor(reward: Any) -> None:
+    """Diagnostic: our PickScore with transformers 5's PIL image processor, the pipeline of the 4.x
+    ``AutoProcessor`` the README ran on (v5 defaults to the torchvision backend)."""
+    from transformers import AutoProcessor
+
+    reward.processor = AutoProcessor.from_pretrained(reward.processor_id, backend="pil")
+
+
+PICKSCORE_GAP = (
+    "image preprocessing: our PickScore loads `AutoProcessor`, whose transformers 5 default is the "
+    "torchvision image processor; the README's transformers 4.x `CLIPImageProcessor` resizes with PIL "
+    "to uint8. Pixels differ by one uint8 level (0.015 after normalisation); with `backend=\"pil\"` "
+    "they are identical and the scores match (row `pickscore-pil`)"
+)
+
+
 MODEL_ROWS: dict[str, ModelRow] = {
     row.name: row
     for row in (
@@ -183,7 +202,10 @@ MODEL_ROWS: dict[str, ModelRow] = {
                  "`CLIP_similarity.py`)", _prepare_clipscore),
         ModelRow("pickscore", "clip", "pickscore.py",
                  "README: `AutoProcessor`/`AutoModel`, `logit_scale.exp() * text_embs @ image_embs.T`",
-                 _prepare_pickscore),
+                 _prepare_pickscore, cause=PICKSCORE_GAP),
+        ModelRow("pickscore-pil", "clip", "pickscore.py",
+                 "as `pickscore`; ours with transformers 5's PIL image processor (diagnostic)",
+                 _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore"),
         ModelRow("hpsv2", "hpsv2", "hpsv2.py", "`hpsv2.img_score.score` on a model built as "
                  "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2),
     )

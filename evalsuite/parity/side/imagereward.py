@@ -17,7 +17,8 @@ def score(request: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = RM.load(request["checkpoint"], device="cpu", med_config=request["med_config"])
     with torch.no_grad():
-        scores = [float(model.score(prompt, path)) for prompt, path in zip(request["prompts"], request["images"])]
+        scores = [float(model.score(prompt, path))
+                  for prompt, path in zip(request["prompts"], request["images"])]
     return {"scores": scores, "versions": versions({
         "image-reward": "ImageReward", "transformers": "transformers", "torch": "torch", "timm": "timm",
         "diffusers": "diffusers"})}

@@ -17,7 +17,8 @@ def score(request: dict[str, Any]) -> dict[str, Any]:
     for prompt, path in zip(request["prompts"], request["images"]):
         image_inputs = processor(images=[Image.open(path)], padding=True, truncation=True, max_length=77,
                                  return_tensors="pt")
-        text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77,
+                                return_tensors="pt")
         with torch.no_grad():
             image_embs = model.get_image_features(**image_inputs)
             image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)

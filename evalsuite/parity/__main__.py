@@ -1,0 +1,81 @@
+"""``python -m evalsuite.parity [--rows a,b] [--full]``: run parity rows, update docs/parity.{json,md}.
+
+Exit status 1 when a row that ran does not match (over 1e-5 relative without a documented cause) or a
+hand-worked rule case fails; rows whose official code cannot be installed or run are recorded with the exact
+error and do not fail the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from evalsuite.parity.models import MODEL_ROWS
+from evalsuite.parity.rules import RULE_ROWS, repo_root, run_rule_row
+from evalsuite.parity.runner import RowResult, model_rows, run_model_row
+from evalsuite.parity.table import load_results, render, save_results
+
+ORDER = [*MODEL_ROWS, *RULE_ROWS]
+
+
+def command_for(name: str) -> str:
+    full = " --full" if name in MODEL_ROWS and MODEL_ROWS[name].full else ""
+    return f"python -m evalsuite.parity --rows {name}{full}"
+
+
+def run_rule(name: str) -> RowResult:
+    row = RULE_ROWS[name]
+    result = RowResult(name, row.official, "not run", command_for(name), weights="– (rule)")
+    root = repo_root()
+    if root is None:
+        result.error = "needs the source checkout's tests/ (not in an installed package)"
+        return result
+    passed, failed, skipped, failures = run_rule_row(row, root)
+    result.passed, result.total, result.skipped = passed, passed + failed, skipped
+    result.status = "match" if not failed and passed else "MISMATCH"
+    result.error = f"failed: {', '.join(failures)}" if failures else ""
+    if skipped:
+        result.error = (result.error + f"; {skipped} skipped (data files absent)").lstrip("; ")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evalsuite.parity", description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", help=f"comma-separated rows (default: all cheap rows); from {ORDER}")
+    parser.add_argument("--full", action="store_true", help="also the full-size rows (minutes each on a CPU)")
+    parser.add_argument("--docs", type=Path, default=None, help="folder of parity.json/.md (default: docs/)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
+    unknown = sorted(set(names or []) - set(ORDER))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {ORDER}")
+    root = repo_root()
+    docs = args.docs or ((root / "docs") if root else Path.cwd())
+    docs.mkdir(parents=True, exist_ok=True)
+    results = load_results(docs / "parity.json")
+    failed = []
+    todo = [*(row.name for row in model_rows(names, args.full)),
+            *(n for n in RULE_ROWS if names is None or n in names)]
+    for name in todo:
+        print(f"parity: {name} ...", file=sys.stderr, flush=True)
+        result = run_rule(name) if name in RULE_ROWS else run_model_row(MODEL_ROWS[name], command_for(name))
+        results[name] = result.to_json()
+        line = f"parity: {name}: {result.status}"
+        if result.max_rel is not None:
+            line += f" (max abs {result.max_abs:.2e}, max rel {result.max_rel:.2e})"
+        if result.total is not None:
+            line += f" ({result.passed}/{result.total})"
+        print(line + (f" — {result.error}" if result.error else ""), file=sys.stderr, flush=True)
+        if result.status == "MISMATCH":
+            failed.append(name)
+        save_results(docs / "parity.json", results, ORDER)
+        (docs / "parity.md").write_text(render(results, ORDER), encoding="utf-8")
+    if failed:
+        print(f"parity: rows that stopped matching: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
