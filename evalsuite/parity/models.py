@@ -194,19 +194,19 @@ PICKSCORE_GAP = (
 MODEL_ROWS: dict[str, ModelRow] = {
     row.name: row
     for row in (
-        ModelRow("imagereward", "image-reward", "imagereward.py",
+        ModelRow("imagereward", "image-reward", "official_imagereward.py",
                  "`ImageReward.load(path, med_config=...)` + `model.score(prompt, path)`",
                  _prepare_imagereward, full=True),
-        ModelRow("clipscore", "clip", "clipscore.py",
+        ModelRow("clipscore", "clip", "official_clipscore.py",
                  "`clip.load(path, jit=False)`, `preprocess`, `clip.tokenize`, cosine (T2I-CompBench "
                  "`CLIP_similarity.py`)", _prepare_clipscore),
-        ModelRow("pickscore", "clip", "pickscore.py",
+        ModelRow("pickscore", "clip", "official_pickscore.py",
                  "README: `AutoProcessor`/`AutoModel`, `logit_scale.exp() * text_embs @ image_embs.T`",
                  _prepare_pickscore, cause=PICKSCORE_GAP),
-        ModelRow("pickscore-pil", "clip", "pickscore.py",
+        ModelRow("pickscore-pil", "clip", "official_pickscore.py",
                  "as `pickscore`; ours with transformers 5's PIL image processor (diagnostic)",
                  _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore"),
-        ModelRow("hpsv2", "hpsv2", "hpsv2.py", "`hpsv2.img_score.score` on a model built as "
+        ModelRow("hpsv2", "hpsv2", "official_hpsv2.py", "`hpsv2.img_score.score` on a model built as "
                  "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2),
     )
 }
