@@ -11,12 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from evalsuite.parity.models import MODEL_ROWS
+from evalsuite.parity.models import MODEL_ROWS, PROBE_ROWS
 from evalsuite.parity.rules import RULE_ROWS, repo_root, run_rule_row
-from evalsuite.parity.runner import RowResult, model_rows, run_model_row
+from evalsuite.parity.runner import RowResult, model_rows, run_model_row, run_probe_row
 from evalsuite.parity.table import load_results, render, save_results
 
-ORDER = [*MODEL_ROWS, *RULE_ROWS]
+ORDER = [*MODEL_ROWS, *PROBE_ROWS, *RULE_ROWS]
 
 
 def command_for(name: str) -> str:
@@ -56,10 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     results = load_results(docs / "parity.json")
     failed = []
     todo = [*(row.name for row in model_rows(names, args.full)),
-            *(n for n in RULE_ROWS if names is None or n in names)]
+            *(n for n in [*PROBE_ROWS, *RULE_ROWS] if names is None or n in names)]
     for name in todo:
         print(f"parity: {name} ...", file=sys.stderr, flush=True)
-        result = run_rule(name) if name in RULE_ROWS else run_model_row(MODEL_ROWS[name], command_for(name))
+        if name in RULE_ROWS:
+            result = run_rule(name)
+        elif name in PROBE_ROWS:
+            result = run_probe_row(PROBE_ROWS[name], command_for(name))
+        else:
+            result = run_model_row(MODEL_ROWS[name], command_for(name))
         results[name] = result.to_json()
         line = f"parity: {name}: {result.status}"
         if result.max_rel is not None:

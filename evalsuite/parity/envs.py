@@ -55,7 +55,7 @@ ENVS: dict[str, SideEnv] = {
         SideEnv("clip", ("openai-clip", "transformers==4.36.2", "huggingface_hub<0.26", "setuptools<81")),
         SideEnv("hpsv2", ("hpsv2==1.2.0", "transformers==4.36.2", "huggingface_hub<0.26", "setuptools<81")),
         SideEnv("hpsv3", ("hpsv3", "setuptools<81")),
-        SideEnv("lavis", ("salesforce-lavis==1.0.2", "setuptools<81")),
+        SideEnv("lavis", ("salesforce-lavis==1.0.2", "numpy<2", "setuptools<81")),
     )
 }
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["MODEL_ROWS", "PROMPTS", "ModelRow", "Prepared", "write_images"]
+__all__ = ["MODEL_ROWS", "PROBE_ROWS", "PROMPTS", "ModelRow", "Prepared", "ProbeRow", "write_images"]
 
 # Varied on purpose: short, long (ImageReward truncates at 35 tokens), punctuation, digits, casing.
 PROMPTS = (
@@ -208,5 +208,44 @@ MODEL_ROWS: dict[str, ModelRow] = {
                  _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore"),
         ModelRow("hpsv2", "hpsv2", "official_hpsv2.py", "`hpsv2.img_score.score` on a model built as "
                  "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """An official package that installs in its side venv but is not measured yet: the side process imports
+    it (proving the pins work and reporting the versions) and the table gives ``reason``."""
+
+    name: str
+    env: str
+    official: str
+    imports: tuple[str, ...]
+    dists: dict[str, str]  # distribution -> module, for the versions report
+    reason: str
+
+
+PROBE_ROWS: dict[str, ProbeRow] = {
+    row.name: row
+    for row in (
+        ProbeRow("hpsv3", "hpsv3", "`HPSv3RewardInferencer` (`hpsv3/inference.py`)", ("hpsv3",),
+                 {"hpsv3": "hpsv3", "transformers": "transformers", "torch": "torch"},
+                 "installs and imports; not measured yet: our tiny Qwen2-VL is written by transformers 5 "
+                 "(nested `text_config`, `rope_parameters`, nested processor config), which transformers "
+                 "4.45 would read as the 7B defaults, and the official architecture is Qwen2-VL-7B "
+                 "(full-size random is ~8 B parameters, ~32 GB in float32: beyond this CPU). Missing piece: "
+                 "a tiny writer in the 4.45 layout. Meanwhile `tests/test_reward_hpsv3.py` checks a "
+                 "reference written from `inference.py` under the 4.45 semantics, and the official "
+                 "`process_vision_info` pixel for pixel"),
+        ProbeRow("blip_vqa", "lavis", "LAVIS `blip_vqa` (`salesforce-lavis`)", ("lavis.models",),
+                 {"salesforce-lavis": "lavis", "transformers": "transformers", "torch": "torch",
+                  "numpy": "numpy"},
+                 "installs and imports with `numpy<2` (its `opencv-python-headless==4.5.5.64` is built "
+                 "for numpy 1; without the pin `import lavis.models` fails with `ImportError: "
+                 "numpy.core.multiarray failed to import`); not measured: T2I-CompBench's `BLIPvqa_eval` "
+                 "does not run LAVIS but its own vendored BLIP with an added `vqa_prob` (one decoder step, "
+                 "P(yes)/(P(yes)+P(no))), which LAVIS's `BlipVQA` lacks (it has `rank` and `generate` "
+                 "inference only), and the checkpoint formats differ (LAVIS `.pth` keys vs the HF "
+                 "`BlipForQuestionAnswering` we load). Covered by `tests/test_blip_vqa.py`'s reference"),
     )
 }

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from evalsuite.parity.envs import ENVS, SideEnvError, build, run_side
-from evalsuite.parity.models import MODEL_ROWS, PROMPTS, ModelRow, write_images
+from evalsuite.parity.models import MODEL_ROWS, PROMPTS, ModelRow, ProbeRow, write_images
 
-__all__ = ["TOLERANCE", "RowResult", "compare", "run_model_row"]
+__all__ = ["TOLERANCE", "RowResult", "compare", "run_model_row", "run_probe_row"]
 
 TOLERANCE = 1e-5
 
@@ -111,6 +111,22 @@ def run_model_row(row: ModelRow, command: str, work: Path | None = None) -> RowR
             result.error = f"{type(e).__name__}: {e}"
             if result.max_abs is None and result.versions:
                 result.status = "MISMATCH"  # the official side ran; ours failed: that is a failure
+    result.seconds = round(time.monotonic() - start, 1)
+    return result
+
+
+def run_probe_row(row: ProbeRow, command: str) -> RowResult:
+    """Build/reuse the side venv and import the official package there: the versions, and why unmeasured."""
+    result = RowResult(row.name, f"`{ENVS[row.env].requirements[0]}`: {row.official}", "not run", command)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"parity-{row.name}-") as tmp:
+        try:
+            _, result.env_build_s = build(ENVS[row.env])
+            side = run_side(ENVS[row.env], "official_probe.py",
+                            {"imports": list(row.imports), "dists": row.dists}, Path(tmp))
+            result.versions, result.error = side["versions"], row.reason
+        except (SideEnvError, OSError) as e:
+            result.error = str(e)
     result.seconds = round(time.monotonic() - start, 1)
     return result
 
