@@ -73,9 +73,11 @@ def test_table_shows_numbers_versions_and_rule_counts(tmp_path: Path) -> None:
         "dpg-rules": _fake_result("dpg-rules", "match", passed=13, total=13),
     }
     save_results(tmp_path / "p.json", {k: v.to_json() for k, v in rows.items()}, list(rows))
-    page = render(load_results(tmp_path / "p.json"), list(rows))
+    page = render(load_results(tmp_path / "p.json"), list(rows), {"imagereward": "a local vocab"},
+                  {"image-reward": ("image-reward==1.5",)})
     assert "| 8.66e-07 | 2.16e-06 | ✅ match |" in page
-    assert "13/13 pass" in page and "image-reward 1.5 (x)" in page
+    assert "13/13 pass" in page and "image-reward 1.5 (x)" in page and "shim: a local vocab" in page
+    assert "- `image-reward`: `image-reward==1.5`" in page
     assert json.loads((tmp_path / "p.json").read_text())[0]["row"] == "imagereward"
 
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from evalsuite.parity.envs import ENVS
 from evalsuite.parity.models import MODEL_ROWS, PROBE_ROWS
 from evalsuite.parity.rules import RULE_ROWS, repo_root, run_rule_row
 from evalsuite.parity.runner import RowResult, model_rows, run_model_row, run_probe_row
@@ -40,11 +41,18 @@ def run_rule(name: str) -> RowResult:
     return result
 
 
+def write_page(docs: Path, results: dict) -> None:
+    shims = {name: row.shims for name, row in MODEL_ROWS.items()}
+    envs = {name: env.requirements for name, env in ENVS.items()}
+    (docs / "parity.md").write_text(render(results, ORDER, shims, envs), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evalsuite.parity", description=__doc__.split("\n")[0])
     parser.add_argument("--rows", help=f"comma-separated rows (default: all cheap rows); from {ORDER}")
     parser.add_argument("--full", action="store_true", help="also the full-size rows (minutes each on a CPU)")
     parser.add_argument("--docs", type=Path, default=None, help="folder of parity.json/.md (default: docs/)")
+    parser.add_argument("--render", action="store_true", help="only rewrite parity.md from parity.json")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
     unknown = sorted(set(names or []) - set(ORDER))
@@ -54,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     docs = args.docs or ((root / "docs") if root else Path.cwd())
     docs.mkdir(parents=True, exist_ok=True)
     results = load_results(docs / "parity.json")
+    if args.render:
+        write_page(docs, results)
+        return 0
     failed = []
     todo = [*(row.name for row in model_rows(names, args.full)),
             *(n for n in [*PROBE_ROWS, *RULE_ROWS] if names is None or n in names)]
@@ -75,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if result.status == "MISMATCH":
             failed.append(name)
         save_results(docs / "parity.json", results, ORDER)
-        (docs / "parity.md").write_text(render(results, ORDER), encoding="utf-8")
+        write_page(docs, results)
     if failed:
         print(f"parity: rows that stopped matching: {failed}", file=sys.stderr)
         return 1

@@ -69,6 +69,7 @@ class ModelRow:
     adjust: Callable[[Any], None] | None = None  # applied to our loaded reward (a diagnostic variant)
     cause: str = ""  # the documented cause of a known gap (the row then does not fail the command)
     reward: str = ""  # our registered reward, when the row's name is not it
+    shims: str = ""  # what the side needs besides its pins, shown in the table's notes
 
 
 def _count_params(state: dict[str, Any]) -> int:
@@ -191,23 +192,36 @@ PICKSCORE_GAP = (
 )
 
 
+_V4_LAYOUT = ("the side reads a copy of the folder in the pre-v5 layout the hub's PickScore/laion folders "
+              "have: `preprocessor_config.json`, BPE merges as strings (tokenizers < 0.20)")
+
+
 MODEL_ROWS: dict[str, ModelRow] = {
     row.name: row
     for row in (
         ModelRow("imagereward", "image-reward", "official_imagereward.py",
                  "`ImageReward.load(path, med_config=...)` + `model.score(prompt, path)`",
-                 _prepare_imagereward, full=True),
+                 _prepare_imagereward, full=True,
+                 shims="the side's cwd holds `bert-base-uncased/vocab.txt` (our tokenizer's vocabulary), "
+                 "which `BertTokenizer.from_pretrained('bert-base-uncased')` reads instead of the hub"),
         ModelRow("clipscore", "clip", "official_clipscore.py",
                  "`clip.load(path, jit=False)`, `preprocess`, `clip.tokenize`, cosine (T2I-CompBench "
-                 "`CLIP_similarity.py`)", _prepare_clipscore),
+                 "`CLIP_similarity.py`)", _prepare_clipscore,
+                 shims="the side calls what `clip.load(path, jit=False)` calls (`build_model`, "
+                 "`_transform`): under torch >= 2.6 `clip.load` on a state-dict file fails with EOFError "
+                 "(its fallback `torch.load` reads the file from where the failed `torch.jit.load` left "
+                 "it); weights are fp16-representable, as OpenAI's files and `build_model`'s "
+                 "`convert_weights` make them"),
         ModelRow("pickscore", "clip", "official_pickscore.py",
                  "README: `AutoProcessor`/`AutoModel`, `logit_scale.exp() * text_embs @ image_embs.T`",
-                 _prepare_pickscore, cause=PICKSCORE_GAP),
+                 _prepare_pickscore, cause=PICKSCORE_GAP, shims=_V4_LAYOUT),
         ModelRow("pickscore-pil", "clip", "official_pickscore.py",
                  "as `pickscore`; ours with transformers 5's PIL image processor (diagnostic)",
-                 _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore"),
+                 _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore", shims=_V4_LAYOUT),
         ModelRow("hpsv2", "hpsv2", "official_hpsv2.py", "`hpsv2.img_score.score` on a model built as "
-                 "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2),
+                 "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2,
+                 shims="the 1.2.0 wheel lacks `bpe_simple_vocab_16e6.txt.gz`; the side copies open_clip's "
+                 "(the same file) into it before importing `hpsv2`"),
     )
 }
 

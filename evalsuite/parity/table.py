@@ -48,8 +48,9 @@ def _status(row: dict[str, Any]) -> str:
         row["status"], "not run")
 
 
-def render(results: dict[str, dict[str, Any]], order: list[str]) -> str:
-    """The markdown page: the table, then per row its versions, notes and errors."""
+def render(results: dict[str, dict[str, Any]], order: list[str], shims: dict[str, str],
+           envs: dict[str, tuple[str, ...]]) -> str:
+    """The markdown page: the table, then per row its versions, shims, notes and errors, then the pins."""
     rows = [results[name] for name in order if name in results]
     lines = [HEADER.rstrip("\n")]
     for row in rows:
@@ -67,7 +68,11 @@ def render(results: dict[str, dict[str, Any]], order: list[str]) -> str:
             lines.append(f"  - side venv built in {row['env_build_s']:.0f} s")
         if row.get("seconds"):
             lines.append(f"  - row ran in {row['seconds']:.0f} s")
+        if shims.get(row["row"]):
+            lines.append(f"  - shim: {shims[row['row']]}")
         if row.get("error"):
             label = "cause" if row["status"] == "known gap" else "why"
             lines.append(f"  - {label}: {row['error']}")
+    lines += ["", "## Side venvs (`~/.cache/evalsuite/parity/<name>`, rebuilt when the spec changes)", ""]
+    lines += [f"- `{name}`: {', '.join(f'`{r}`' for r in reqs)}" for name, reqs in envs.items()]
     return "\n".join(lines) + "\n"
