@@ -11,7 +11,7 @@ import pytest
 
 from evalsuite.parity import __main__ as cli
 from evalsuite.parity.envs import ENVS, SideEnvError, build
-from evalsuite.parity.models import MODEL_ROWS, Prepared, write_images
+from evalsuite.parity.models import MODEL_ROWS, PROBE_ROWS, Prepared, write_images
 from evalsuite.parity.rules import count_junit
 from evalsuite.parity.runner import TOLERANCE, RowResult, compare, run_model_row
 from evalsuite.parity.table import load_results, render, save_results
@@ -81,10 +81,13 @@ def test_table_shows_numbers_versions_and_rule_counts(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "p.json").read_text())[0]["row"] == "imagereward"
 
 
-def test_every_side_env_pins_its_official_package_first() -> None:
+def test_every_row_names_a_side_env_and_an_existing_script() -> None:
+    side = Path(cli.__file__).parent / "side"
     for row in MODEL_ROWS.values():
-        assert row.env in ENVS
-        assert (Path(cli.__file__).parent / "side" / row.script).is_file()
+        assert row.env in ENVS and (side / row.script).is_file(), row.name
+    for probe in PROBE_ROWS.values():
+        assert probe.env in ENVS and probe.reason, probe.name
+    assert (side / "official_probe.py").is_file()
 
 
 # -- against the official packages (side venvs; PyPI needed the first time) ------------------------------

@@ -27,7 +27,9 @@ def command_for(name: str) -> str:
 
 def run_rule(name: str) -> RowResult:
     row = RULE_ROWS[name]
-    result = RowResult(name, row.official, "not run", command_for(name), weights="– (rule)")
+    cases = " ".join(row.tests) + (f" -k '{row.select}'" if row.select else "")
+    result = RowResult(name, row.official, "not run", command_for(name),
+                       weights=f"– (rule); hand-worked cases: `pytest {cases}`")
     root = repo_root()
     if root is None:
         result.error = "needs the source checkout's tests/ (not in an installed package)"

@@ -70,6 +70,7 @@ class ModelRow:
     cause: str = ""  # the documented cause of a known gap (the row then does not fail the command)
     reward: str = ""  # our registered reward, when the row's name is not it
     shims: str = ""  # what the side needs besides its pins, shown in the table's notes
+    package: str = ""  # the official package, when it is not the side venv's first requirement
 
 
 def _count_params(state: dict[str, Any]) -> int:
@@ -214,10 +215,11 @@ MODEL_ROWS: dict[str, ModelRow] = {
                  "`convert_weights` make them"),
         ModelRow("pickscore", "clip", "official_pickscore.py",
                  "README: `AutoProcessor`/`AutoModel`, `logit_scale.exp() * text_embs @ image_embs.T`",
-                 _prepare_pickscore, cause=PICKSCORE_GAP, shims=_V4_LAYOUT),
+                 _prepare_pickscore, cause=PICKSCORE_GAP, shims=_V4_LAYOUT, package="transformers==4.36.2"),
         ModelRow("pickscore-pil", "clip", "official_pickscore.py",
                  "as `pickscore`; ours with transformers 5's PIL image processor (diagnostic)",
-                 _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore", shims=_V4_LAYOUT),
+                 _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore", shims=_V4_LAYOUT,
+                 package="transformers==4.36.2"),
         ModelRow("hpsv2", "hpsv2", "official_hpsv2.py", "`hpsv2.img_score.score` on a model built as "
                  "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2,
                  shims="the 1.2.0 wheel lacks `bpe_simple_vocab_16e6.txt.gz`; the side copies open_clip's "

@@ -86,7 +86,8 @@ def _ours(row: ModelRow, kwargs: dict[str, Any], prompts: list[str], images: lis
 
 def run_model_row(row: ModelRow, command: str, work: Path | None = None) -> RowResult:
     """Build/reuse the row's side venv, write the shared weights and images, score both sides, compare."""
-    result = RowResult(row.name, f"`{ENVS[row.env].requirements[0]}`: {row.official}", "not run", command)
+    package = row.package or ENVS[row.env].requirements[0]
+    result = RowResult(row.name, f"`{package}`: {row.official}", "not run", command)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"parity-{row.name}-") as tmp:
         folder = work or Path(tmp)

@@ -11,12 +11,14 @@ from typing import Any
 
 
 def versions(distributions: dict[str, str]) -> dict[str, str]:
-    """``{distribution: "version (module file)"}`` for each distribution and the module it provides."""
+    """``{distribution: "version (where its module was imported from)"}``: the side venv's own copy, or the
+    one shared from our venv through the ``.pth`` line (proof that a pin really shadows ours)."""
     found = {}
     for dist, module in distributions.items():
-        mod = sys.modules.get(module)
-        where = getattr(mod, "__file__", None) or "not imported"
-        found[dist] = f"{importlib.metadata.version(dist)} ({where})"
+        where = getattr(sys.modules.get(module), "__file__", None)
+        origin = ("not imported" if where is None else "side venv" if where.startswith(sys.prefix)
+                  else "shared from our venv")
+        found[dist] = f"{importlib.metadata.version(dist)} ({origin})"
     return found
 
 
