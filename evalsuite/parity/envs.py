@@ -54,7 +54,7 @@ ENVS: dict[str, SideEnv] = {
                                  "huggingface_hub<0.26", "openai-clip", "setuptools<81")),
         SideEnv("clip", ("openai-clip", "transformers==4.36.2", "huggingface_hub<0.26", "setuptools<81")),
         SideEnv("hpsv2", ("hpsv2==1.2.0", "transformers==4.36.2", "huggingface_hub<0.26", "setuptools<81")),
-        SideEnv("hpsv3", ("hpsv3", "setuptools<81")),
+        SideEnv("hpsv3", ("hpsv3==1.0.0", "setuptools<81")),
         SideEnv("lavis", ("salesforce-lavis==1.0.2", "numpy<2", "setuptools<81")),
     )
 }
