@@ -109,13 +109,15 @@ def write_tiny_imagereward(
     text_width: int = 32,
     text_layers: int = 2,
     text_heads: int = 2,
+    proj_dim: int = 16,
 ) -> Path:
     """Write a tiny ImageReward checkpoint *in the official format* into ``out_dir``; return the folder.
 
     Files: ``ImageReward.pt`` (official key names; the official MLP widths 1024/128/64/16/1),
     ``med_config.json`` (the official keys with tiny sizes) and the tokenizer files (uncased BERT WordPiece
     with ``[DEC]``/``[ENC]``, built offline). The ViT head dim is 64 as in the official ViTs, so
-    ``vision_width`` must be a multiple of 64. Same arguments -> byte-identical files.
+    ``vision_width`` must be a multiple of 64. ``proj_dim``: the (unscored) ITC projections' width, 256 in the
+    official model, whose ``BLIP_Pretrain`` fixes it. Same arguments -> byte-identical files.
     """
     if vision_width % _official("VIT_HEAD_DIM") or text_width % text_heads or image_size % patch_size:
         raise ValueError("need vision_width % 64 == text_width % text_heads == image_size % patch_size == 0")
@@ -148,7 +150,7 @@ def write_tiny_imagereward(
         vision_width=vision_width, vision_layers=vision_layers, image_size=image_size,
         patch_size=patch_size, text_width=text_width, text_layers=text_layers, vocab_size=len(tokenizer),
         max_positions=max_positions, head_widths=(1024, 128, 64, 16, 1),
-        head_linear_indices=_official("HEAD_LINEAR_INDICES"), proj_dim=16,
+        head_linear_indices=_official("HEAD_LINEAR_INDICES"), proj_dim=proj_dim,
     )
     buffer = io.BytesIO()  # a buffer, not a path: the archive's root name would otherwise be the file stem
     torch.save(state, buffer)

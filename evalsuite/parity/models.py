@@ -1,0 +1,267 @@
+"""The measured rows: shared weights in the official checkpoint format, official code in its side venv, ours
+here, the same image files and prompts on both sides.
+
+Each row's ``prepare`` writes the weights into a work folder and returns what both sides need; the side
+script (``side/<script>``) and our reward (by registered name) then score the same request.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["MODEL_ROWS", "PROBE_ROWS", "PROMPTS", "ModelRow", "Prepared", "ProbeRow", "write_images"]
+
+# Varied on purpose: short, long (ImageReward truncates at 35 tokens), punctuation, digits, casing.
+PROMPTS = (
+    "a red cube on top of a blue sphere",
+    "A photo of an astronaut riding a horse on the moon, highly detailed, 8k",
+    "two cats and one dog",
+    "a storefront with the text 'OPEN 24/7' written on it",
+    "an oil painting of a lighthouse at dusk; waves crash against the rocks while seagulls circle overhead "
+    "and a small fishing boat heads home under a sky of orange, purple and deep blue clouds",
+    "bird",
+)
+# (width, height): square, landscape, portrait, and sizes that need upscaling.
+SIZES = ((256, 256), (320, 200), (200, 300), (224, 224), (97, 131), (512, 384))
+
+
+def write_images(folder: Path) -> list[Path]:
+    """Seeded PNGs (noise over colour gradients and a block), one per size; the same files every run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(20240607)
+    paths = []
+    for i, (w, h) in enumerate(SIZES):
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([x / w * 255, y / h * 255, (x + y) / (w + h) * 255], axis=-1)
+        pixels = base * 0.6 + rng.uniform(0, 100, size=(h, w, 3))
+        pixels[h // 4: h // 2, w // 3: 2 * w // 3] = rng.uniform(0, 255, size=3)
+        path = folder / f"image{i}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Prepared:
+    """What a row's ``prepare`` produced: our reward's kwargs, the side request, a weights description."""
+
+    reward_kwargs: dict[str, Any]
+    request: dict[str, Any]
+    weights: str
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str  # our registered reward
+    env: str  # evalsuite.parity.envs.ENVS key
+    script: str  # evalsuite/parity/side/<script>
+    official: str  # what the official side runs
+    prepare: Callable[[Path], Prepared]
+    full: bool = False  # full-size weights: run only with --full
+    adjust: Callable[[Any], None] | None = None  # applied to our loaded reward (a diagnostic variant)
+    cause: str = ""  # the documented cause of a known gap (the row then does not fail the command)
+    reward: str = ""  # our registered reward, when the row's name is not it
+    shims: str = ""  # what the side needs besides its pins, shown in the table's notes
+    package: str = ""  # the official package, when it is not the side venv's first requirement
+
+
+def _count_params(state: dict[str, Any]) -> int:
+    return sum(v.numel() for k, v in state.items() if not k.endswith("position_ids"))
+
+
+def _bert_vocab_folder(tokenizer_json: Path, target: Path) -> None:
+    """``vocab.txt`` (ids in order) from a WordPiece ``tokenizer.json``: what the official code reads as
+    ``bert-base-uncased``."""
+    vocab = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
+    target.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(vocab, key=vocab.__getitem__)
+    (target / "vocab.txt").write_text("\n".join(ordered) + "\n", encoding="utf-8")
+
+
+def _prepare_imagereward(work: Path) -> Prepared:
+    """Full-size random ImageReward (BLIP ViT-L/16 at 224 px, 12-layer 768-wide BERT with cross-attention,
+    MLP(768)): the official architecture is fixed, so tiny weights cannot load there."""
+    import torch
+
+    from evalsuite.tiny.imagereward import write_tiny_imagereward
+
+    folder = write_tiny_imagereward(work / "imagereward", seed=0, vision_width=1024, vision_layers=24,
+                                    image_size=224, patch_size=16, text_width=768, text_layers=12,
+                                    text_heads=12, proj_dim=256)
+    _bert_vocab_folder(folder / "tokenizer.json", work / "bert-base-uncased")
+    n = _count_params(torch.load(folder / "ImageReward.pt", map_location="cpu", weights_only=True))
+    med = json.loads((folder / "med_config.json").read_text(encoding="utf-8"))
+    return Prepared(
+        {"model": str(folder)},
+        {"checkpoint": str(folder / "ImageReward.pt"), "med_config": str(folder / "med_config.json")},
+        f"full-size random, official `ImageReward.pt` + `med_config.json` ({n / 1e6:.0f} M parameters; "
+        f"vocabulary {med['vocab_size']} tokens, {med['max_position_embeddings']} positions)",
+    )
+
+
+# A small OpenAI-layout CLIP: head width 64 as OpenAI's build_model infers heads from width // 64.
+_SMALL_CLIP = {
+    "embed_dim": 64, "quick_gelu": True,
+    "vision_cfg": {"image_size": 64, "patch_size": 16, "layers": 2, "width": 128, "head_width": 64},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+}
+
+
+def _prepare_clipscore(work: Path) -> Prepared:
+    """One small random CLIP written twice: an OpenAI state dict for ``clip.load(path)`` and open_clip's
+    ``local-dir`` folder for our CLIPScore (same tensors, same key names)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from evalsuite.tiny._common import resolve, seeded
+
+    with seeded(0, "parity", "clip"):
+        model = open_clip.CLIP(**_SMALL_CLIP)
+    # OpenAI ships fp16 weights and ``build_model`` rounds every matmul weight to fp16 (``convert_weights``):
+    # fp16-representable values make the two files hold what the official loader keeps.
+    state = {k: (v.half().float() if v.is_floating_point() else v).detach().contiguous().clone()
+             for k, v in model.state_dict().items()}
+    folder = work / "clip"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / resolve("evalsuite.rewards.clip_models:WEIGHTS_FILE")))
+    pre = open_clip.get_pretrained_cfg("ViT-B-32", "openai")
+    config = {"model_cfg": _SMALL_CLIP,
+              "preprocess_cfg": {k: pre[k] for k in ("mean", "std", "interpolation", "resize_mode")}}
+    (folder / resolve("evalsuite.rewards.clip_models:CONFIG_FILE")).write_text(json.dumps(config, indent=2))
+    torch.save(state, work / "clip-openai.pt")
+    return Prepared({"model": str(folder)}, {"checkpoint": str(work / "clip-openai.pt")},
+                    f"small random ({_count_params(state) / 1e6:.0f} M parameters, ViT 64 px/16, 2+2 layers, "
+                    "width 128), OpenAI state dict for `clip.load` + open_clip folder")
+
+
+def _prepare_pickscore(work: Path) -> Prepared:
+    """The tiny PickScore (a transformers ``CLIPModel`` + ``CLIPProcessor`` folder, `evalsuite tiny`)."""
+    from evalsuite.tiny import write_tiny
+
+    folder = write_tiny(work / "tiny", names=["clip"])["clip"]
+    # The hub's PickScore/laion folders are in the pre-v5 layout the official side reads: the image
+    # processor's settings in preprocessor_config.json (transformers 5 nests them in processor_config.json).
+    side = work / "pickscore-v4-layout"
+    shutil.copytree(folder, side)
+    nested = json.loads((side / "processor_config.json").read_text(encoding="utf-8"))
+    (side / "preprocessor_config.json").write_text(json.dumps(nested["image_processor"], indent=2))
+    # tokenizers < 0.20 reads BPE merges as "a b" strings, newer ones write [a, b] pairs: same tokenizer.
+    tok = json.loads((side / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    (side / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    return Prepared({"model": str(folder)}, {"model": str(side)},
+                    "tiny random `CLIPModel` folder (`evalsuite tiny` clip), transformers format")
+
+
+def _prepare_hpsv2(work: Path) -> Prepared:
+    """The tiny HPSv2.1 checkpoint (ViT-H-14 stand-in); the side builds it with hpsv2's vendored open_clip."""
+    import open_clip
+
+    from evalsuite.tiny import write_tiny
+
+    folder = write_tiny(work / "tiny", names=["hpsv2"])["hpsv2"]
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    cfg = next(folder.glob("tiny-*.json"))
+    return Prepared({"model": str(folder)},
+                    {"checkpoint": str(folder / "HPS_v2.1_compressed.pt"), "arch_config": str(cfg),
+                     "bpe": str(bpe)},
+                    "tiny random, official `HPS_v2.1_compressed.pt` (`{'state_dict': ...}`)")
+
+
+def _pil_image_processor(reward: Any) -> None:
+    """Diagnostic: our PickScore with transformers 5's PIL image processor, the pipeline of the 4.x
+    ``AutoProcessor`` the README ran on (v5 defaults to the torchvision backend)."""
+    from transformers import AutoProcessor
+
+    reward.processor = AutoProcessor.from_pretrained(reward.processor_id, backend="pil")
+
+
+PICKSCORE_GAP = (
+    "image preprocessing: our PickScore loads `AutoProcessor`, whose transformers 5 default is the "
+    "torchvision image processor; the README's transformers 4.x `CLIPImageProcessor` resizes with PIL "
+    "to uint8. Pixels differ by one uint8 level (0.015 after normalisation); with `backend=\"pil\"` "
+    "they are identical and the scores match (row `pickscore-pil`)"
+)
+
+
+_V4_LAYOUT = ("the side reads a copy of the folder in the pre-v5 layout the hub's PickScore/laion folders "
+              "have: `preprocessor_config.json`, BPE merges as strings (tokenizers < 0.20)")
+
+
+MODEL_ROWS: dict[str, ModelRow] = {
+    row.name: row
+    for row in (
+        ModelRow("imagereward", "image-reward", "official_imagereward.py",
+                 "`ImageReward.load(path, med_config=...)` + `model.score(prompt, path)`",
+                 _prepare_imagereward, full=True,
+                 shims="the side's cwd holds `bert-base-uncased/vocab.txt` (our tokenizer's vocabulary), "
+                 "which `BertTokenizer.from_pretrained('bert-base-uncased')` reads instead of the hub"),
+        ModelRow("clipscore", "clip", "official_clipscore.py",
+                 "`clip.load(path, jit=False)`, `preprocess`, `clip.tokenize`, cosine (T2I-CompBench "
+                 "`CLIP_similarity.py`)", _prepare_clipscore,
+                 shims="the side calls what `clip.load(path, jit=False)` calls (`build_model`, "
+                 "`_transform`): under torch >= 2.6 `clip.load` on a state-dict file fails with EOFError "
+                 "(its fallback `torch.load` reads the file from where the failed `torch.jit.load` left "
+                 "it); weights are fp16-representable, as OpenAI's files and `build_model`'s "
+                 "`convert_weights` make them"),
+        ModelRow("pickscore", "clip", "official_pickscore.py",
+                 "README: `AutoProcessor`/`AutoModel`, `logit_scale.exp() * text_embs @ image_embs.T`",
+                 _prepare_pickscore, cause=PICKSCORE_GAP, shims=_V4_LAYOUT, package="transformers==4.36.2"),
+        ModelRow("pickscore-pil", "clip", "official_pickscore.py",
+                 "as `pickscore`; ours with transformers 5's PIL image processor (diagnostic)",
+                 _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore", shims=_V4_LAYOUT,
+                 package="transformers==4.36.2"),
+        ModelRow("hpsv2", "hpsv2", "official_hpsv2.py", "`hpsv2.img_score.score` on a model built as "
+                 "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2,
+                 shims="the 1.2.0 wheel lacks `bpe_simple_vocab_16e6.txt.gz`; the side copies open_clip's "
+                 "(the same file) into it before importing `hpsv2`"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """An official package that installs in its side venv but is not measured yet: the side process imports
+    it (proving the pins work and reporting the versions) and the table gives ``reason``."""
+
+    name: str
+    env: str
+    official: str
+    imports: tuple[str, ...]
+    dists: dict[str, str]  # distribution -> module, for the versions report
+    reason: str
+
+
+PROBE_ROWS: dict[str, ProbeRow] = {
+    row.name: row
+    for row in (
+        ProbeRow("hpsv3", "hpsv3", "`HPSv3RewardInferencer` (`hpsv3/inference.py`)", ("hpsv3",),
+                 {"hpsv3": "hpsv3", "transformers": "transformers", "torch": "torch"},
+                 "installs and imports; not measured yet: our tiny Qwen2-VL is written by transformers 5 "
+                 "(nested `text_config`, `rope_parameters`, nested processor config), which transformers "
+                 "4.45 would read as the 7B defaults, and the official architecture is Qwen2-VL-7B "
+                 "(full-size random is ~8 B parameters, ~32 GB in float32: beyond this CPU). Missing piece: "
+                 "a tiny writer in the 4.45 layout. Meanwhile `tests/test_reward_hpsv3.py` checks a "
+                 "reference written from `inference.py` under the 4.45 semantics, and the official "
+                 "`process_vision_info` pixel for pixel"),
+        ProbeRow("blip_vqa", "lavis", "LAVIS `blip_vqa` (`salesforce-lavis`)", ("lavis.models",),
+                 {"salesforce-lavis": "lavis", "transformers": "transformers", "torch": "torch",
+                  "numpy": "numpy"},
+                 "installs and imports with `numpy<2` (its `opencv-python-headless==4.5.5.64` is built "
+                 "for numpy 1; without the pin `import lavis.models` fails with `ImportError: "
+                 "numpy.core.multiarray failed to import`); not measured: T2I-CompBench's `BLIPvqa_eval` "
+                 "does not run LAVIS but its own vendored BLIP with an added `vqa_prob` (one decoder step, "
+                 "P(yes)/(P(yes)+P(no))), which LAVIS's `BlipVQA` lacks (it has `rank` and `generate` "
+                 "inference only), and the checkpoint formats differ (LAVIS `.pth` keys vs the HF "
+                 "`BlipForQuestionAnswering` we load). Covered by `tests/test_blip_vqa.py`'s reference"),
+    )
+}
