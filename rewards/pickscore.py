@@ -102,7 +102,11 @@ class PickScore(Reward):
         from transformers import AutoProcessor, CLIPModel
 
         proc_revision = self.revision if self.processor_id == self.model_id else None
-        self.processor = AutoProcessor.from_pretrained(self.processor_id, revision=proc_revision)
+        # PIL resizing, as the README's transformers 4.x processor did: v5's default torchvision backend
+        # lands one uint8 level off on some pixels (2e-4 relative in the score; docs/parity.md)
+        self.processor = AutoProcessor.from_pretrained(
+            self.processor_id, revision=proc_revision, backend="pil"
+        )
         model = CLIPModel.from_pretrained(self.model_id, revision=self.revision, dtype=torch.float32)
         # Read the scale in float32 before any cast: in bf16, log(100) rounds to 4.59 and exp() drifts by 1 %.
         self.logit_scale = float(model.logit_scale.detach())

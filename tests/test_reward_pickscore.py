@@ -45,7 +45,7 @@ def _reference_for(folder):
     from transformers import CLIPModel, CLIPProcessor
 
     model = CLIPModel.from_pretrained(folder).eval()
-    processor = CLIPProcessor.from_pretrained(folder)
+    processor = CLIPProcessor.from_pretrained(folder, backend="pil")  # the README ran 4.x: PIL resize
 
     def unwrap(out) -> torch.Tensor:
         return out if isinstance(out, torch.Tensor) else out.pooler_output

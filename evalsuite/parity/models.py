@@ -66,7 +66,6 @@ class ModelRow:
     official: str  # what the official side runs
     prepare: Callable[[Path], Prepared]
     full: bool = False  # full-size weights: run only with --full
-    adjust: Callable[[Any], None] | None = None  # applied to our loaded reward (a diagnostic variant)
     cause: str = ""  # the documented cause of a known gap (the row then does not fail the command)
     reward: str = ""  # our registered reward, when the row's name is not it
     shims: str = ""  # what the side needs besides its pins, shown in the table's notes
@@ -177,22 +176,6 @@ def _prepare_hpsv2(work: Path) -> Prepared:
                     "tiny random, official `HPS_v2.1_compressed.pt` (`{'state_dict': ...}`)")
 
 
-def _pil_image_processor(reward: Any) -> None:
-    """Diagnostic: our PickScore with transformers 5's PIL image processor, the pipeline of the 4.x
-    ``AutoProcessor`` the README ran on (v5 defaults to the torchvision backend)."""
-    from transformers import AutoProcessor
-
-    reward.processor = AutoProcessor.from_pretrained(reward.processor_id, backend="pil")
-
-
-PICKSCORE_GAP = (
-    "image preprocessing: our PickScore loads `AutoProcessor`, whose transformers 5 default is the "
-    "torchvision image processor; the README's transformers 4.x `CLIPImageProcessor` resizes with PIL "
-    "to uint8. Pixels differ by one uint8 level (0.015 after normalisation); with `backend=\"pil\"` "
-    "they are identical and the scores match (row `pickscore-pil`)"
-)
-
-
 _V4_LAYOUT = ("the side reads a copy of the folder in the pre-v5 layout the hub's PickScore/laion folders "
               "have: `preprocessor_config.json`, BPE merges as strings (tokenizers < 0.20)")
 
@@ -215,11 +198,7 @@ MODEL_ROWS: dict[str, ModelRow] = {
                  "`convert_weights` make them"),
         ModelRow("pickscore", "clip", "official_pickscore.py",
                  "README: `AutoProcessor`/`AutoModel`, `logit_scale.exp() * text_embs @ image_embs.T`",
-                 _prepare_pickscore, cause=PICKSCORE_GAP, shims=_V4_LAYOUT, package="transformers==4.36.2"),
-        ModelRow("pickscore-pil", "clip", "official_pickscore.py",
-                 "as `pickscore`; ours with transformers 5's PIL image processor (diagnostic)",
-                 _prepare_pickscore, adjust=_pil_image_processor, reward="pickscore", shims=_V4_LAYOUT,
-                 package="transformers==4.36.2"),
+                 _prepare_pickscore, shims=_V4_LAYOUT, package="transformers==4.36.2"),
         ModelRow("hpsv2", "hpsv2", "official_hpsv2.py", "`hpsv2.img_score.score` on a model built as "
                  "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2,
                  shims="the 1.2.0 wheel lacks `bpe_simple_vocab_16e6.txt.gz`; the side copies open_clip's "

@@ -75,8 +75,6 @@ def _ours(row: ModelRow, kwargs: dict[str, Any], prompts: list[str], images: lis
             samples.append(Sample(id=path.stem, prompt=prompt, image=im.copy()))
     reward = get_reward(row.reward or row.name, device="cpu", dtype="float32", batch_size=len(samples),
                         **kwargs)
-    if row.adjust is not None:
-        row.adjust(reward.load())
     out = reward.score(samples)
     bad = [i for i, ok in enumerate(out.applicable) if not ok]
     if bad:
