@@ -62,6 +62,7 @@ class FlowPolicyConfig:
     height: int | None = 512
     width: int | None = 512
     max_area: int = 1024 * 1024
+    source_area: int | None = None  # Qwen-Image-Edit: the source's resize area; null: 1024² (pipeline)
     num_steps: int = 10
     eval_num_steps: int = 28
     guidance_scale: float = 3.5
@@ -165,6 +166,8 @@ def validate_flow_config(config: FlowTrainConfig) -> None:
         raise ConfigError(f"mode must be one of {MODES}, got {config.mode!r}")
     if f.sde_type not in ("sde", "cps"):
         raise ConfigError(f"flow.sde_type must be 'sde' or 'cps', got {f.sde_type!r}")
+    if f.source_area is not None and f.source_area < 32 * 32:
+        raise ConfigError(f"flow.source_area must be null (the pipeline's) or >= 32*32, got {f.source_area}")
     if f.num_steps < 1 or f.eval_num_steps < 1:
         raise ConfigError("flow.num_steps and flow.eval_num_steps must be >= 1")
     if not 0.0 < f.timestep_fraction <= 1.0:

@@ -180,13 +180,30 @@ def check_lora_renders_in_the_generator(case: FamilyCase, folder: Path) -> None:
     assert base_diff.max() > 8, f"{case.name}: the LoRA does not change the render (test proves nothing)"
 
 
+def _learning_data(case: FamilyCase, out_dir: Path, prompts: list[str]):
+    """The prompts as given, or for an editing family a JSONL pairing each with one of its sources."""
+    import json
+
+    from evalsuite.harness.config import DataConfig
+
+    if case.sources is None:
+        return DataConfig(prompts=prompts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (prompt, source) in enumerate(zip(prompts, case.sources(len(prompts)))):
+        source.save(out_dir / f"source{i}.png")
+        rows.append(json.dumps({"prompt": prompt, "source_image": f"source{i}.png"}))
+    (out_dir / "edits.jsonl").write_text("\n".join(rows) + "\n")
+    return DataConfig(path=str(out_dir / "edits.jsonl"))
+
+
 def check_learns_a_simple_reward(
     case: FamilyCase, out_dir: Path, targets: list[str] | None = None, lr: float = 5e-2, steps: int = 30
 ) -> None:
     """Flow-GRPO on a brightness reward: the reward rises well beyond step 1's spread; lr 0 stays flat.
-    ``targets``: LoRA targets (default: the family's)."""
+    ``targets``: LoRA targets (default: the family's). Editing families train on the case's sources."""
     from evalsuite.harness import flow_train
-    from evalsuite.harness.config import DataConfig, GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
+    from evalsuite.harness.config import GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
 
     config = FlowTrainConfig(
         mode="flow",
@@ -200,7 +217,7 @@ def check_learns_a_simple_reward(
         flow=replace(case.config(noise_level=0.9, sample_batch_size=16, train_batch_size=16),
                      lora=FlowLoraSettings(r=8, alpha=8, target_modules=targets)),
         rewards=RewardsConfig(components=[RewardSpec("brightness")], normalize="none"),
-        data=DataConfig(prompts=["a cat", "a dog", "a red car", "a tree"]),
+        data=_learning_data(case, out_dir, ["a cat", "a dog", "a red car", "a tree"]),
         grpo=GRPOSettings(group_size=8, prompts_per_step=2, beta=0.0, clip_eps=0.2, micro_batch_size=8),
         optim=OptimConfig(lr=lr),
     )

@@ -123,3 +123,38 @@ def test_qwenimage_edit_conditions_text_and_tokens_on_the_source(tiny_dir):
         policy.encode(["a", "b"], [red, Image.new("RGB", (64, 32))])
     with pytest.raises(ConfigError, match="sees the source image"):
         policy.family.encode_text(["a"])
+
+
+def _small_source_case(tiny_dir, area: int = 64 * 64):
+    case = family_case("qwenimage-edit", tiny_dir)
+    case.settings.update(source_area=area)
+    return case
+
+
+def test_qwenimage_edit_source_area_is_the_pipelines_rule_at_another_area(tiny_dir, monkeypatch):
+    """``flow.source_area`` changes only the area in the pipeline's ``calculate_dimensions(1024², aspect)``:
+    with that one number changed in the pipeline too, noise-0 sampling equals it latent for latent."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as module
+
+    from .flow_family_tester import check_noise0_parity
+
+    case = _small_source_case(tiny_dir)
+    policy = case.policy()
+    (cond, _, _), _ = case.encode(policy, ["a cat"])
+    assert cond.source_latents.shape == (1, 4 * 4, 64)  # 64x64 px: 4x4 tokens, not 64x64
+    assert cond.img_ids.tolist() == [[1, 2, 2], [1, 4, 4]]
+    pipeline_rule = module.calculate_dimensions
+    monkeypatch.setattr(module, "calculate_dimensions", lambda _area, ratio: pipeline_rule(64 * 64, ratio))
+    check_noise0_parity(case, policy)
+    monkeypatch.undo()
+    with pytest.raises(AssertionError):  # the pipeline's own 1 MP source gives other latents
+        check_noise0_parity(case, policy)
+
+
+def test_qwenimage_edit_learns_a_simple_reward_and_lr_zero_stays_flat(tiny_dir, tmp_path):
+    """As for Qwen-Image, with the source at 64x64 px (``flow.source_area``): at the pipeline's 1 MP it is
+    4096 tokens per row on the tiny model, too slow for a test; the training loop is the same."""
+    from evalsuite.harness.flow_families.qwenimage import QWENIMAGE_LORA_TARGETS
+
+    targets = [*QWENIMAGE_LORA_TARGETS, "proj_out"]
+    check_learns_a_simple_reward(_small_source_case(tiny_dir), tmp_path, targets, lr=0.3)
