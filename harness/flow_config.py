@@ -26,6 +26,7 @@ from evalsuite.harness.config import (
     from_dict,
     read_recipe,
 )
+from evalsuite.harness.sde import SDE_TYPES
 
 MODES = ("flow", "promptrl", "promptloop")
 
@@ -69,7 +70,7 @@ class FlowPolicyConfig:
     negative_prompt: str = ""
     max_sequence_length: int = 512
     noise_level: float = 0.7
-    sde_type: str = "sde"
+    sde_type: str = "sde"  # "sde", "cps" (Flow-GRPO's cps objective) or "cps_gaussian" (its exact density)
     sde_window_size: int | None = None
     sde_window_range: list[int] | None = None
     timestep_fraction: float = 1.0
@@ -164,8 +165,8 @@ def validate_flow_config(config: FlowTrainConfig) -> None:
     f = config.flow
     if config.mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {config.mode!r}")
-    if f.sde_type not in ("sde", "cps"):
-        raise ConfigError(f"flow.sde_type must be 'sde' or 'cps', got {f.sde_type!r}")
+    if f.sde_type not in SDE_TYPES:
+        raise ConfigError(f"flow.sde_type must be one of {SDE_TYPES}, got {f.sde_type!r}")
     if f.source_area is not None and f.source_area < 32 * 32:
         raise ConfigError(f"flow.source_area must be null (the pipeline's) or >= 32*32, got {f.source_area}")
     if f.num_steps < 1 or f.eval_num_steps < 1:
