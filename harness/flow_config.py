@@ -68,6 +68,8 @@ class FlowPolicyConfig:
     eval_num_steps: int = 28
     guidance_scale: float = 3.5
     negative_prompt: str = ""
+    cfg_normalization: float = 0.0  # Z-Image: cap ‖guided v‖ at this × ‖positive v‖ (0: off; True = 1)
+    cfg_truncation: float = 1.0  # Z-Image: no CFG on steps whose t = 1 − σ exceeds this (>= 1: never)
     max_sequence_length: int = 512
     noise_level: float = 0.7
     sde_type: str = "sde"  # "sde", "cps" (Flow-GRPO's cps objective) or "cps_gaussian" (its exact density)

@@ -158,3 +158,37 @@ def test_qwenimage_edit_learns_a_simple_reward_and_lr_zero_stays_flat(tiny_dir, 
 
     targets = [*QWENIMAGE_LORA_TARGETS, "proj_out"]
     check_learns_a_simple_reward(_small_source_case(tiny_dir), tmp_path, targets, lr=0.3)
+
+
+def test_zimage_cfg_normalization_and_truncation_equal_the_pipelines(tiny_dir):
+    """ZImagePipeline's ``cfg_normalization`` (True = 1) and ``cfg_truncation``: noise-0 sampling equals the
+    pipeline called with them; each changes the latents (so the parity is not the default's), and the
+    train-time recompute, which mixes steps in one batch, applies each row's step rule."""
+    from .flow_family_tester import check_noise0_parity, check_recompute_equals_record
+
+    case = family_case("zimage", tiny_dir)
+    policy = case.policy(cfg_normalization=1.0)
+    t = 1 - policy.sigmas(4, 32, 32)[:4].double()  # the pipeline's t per step, rising
+    cut = float(t[1] + t[2]) / 2  # CFG on steps 0 and 1 only
+    policy.config.cfg_truncation = cut
+    case.pipeline_kwargs.update(cfg_normalization=True, cfg_truncation=cut)
+    check_noise0_parity(case, policy)
+    check_recompute_equals_record(case, policy, "sde")
+
+    (cond, h, w), _ = case.encode(policy, ["a red cube"])
+
+    def final(normalization: float, truncation: float) -> torch.Tensor:
+        policy.config.cfg_normalization, policy.config.cfg_truncation = normalization, truncation
+        return policy.sample(cond, [3], height=h, width=w, noise_level=0.0, decode=False).latents[0, -1]
+
+    both, plain = final(1.0, cut), final(0.0, 1.0)
+    assert not torch.allclose(both, final(0.0, cut), atol=1e-4)  # the normalisation acted
+    assert not torch.allclose(both, final(1.0, 1.0), atol=1e-4)  # the truncation acted
+    assert not torch.allclose(both, plain, atol=1e-4)
+
+
+def test_cfg_normalization_and_truncation_are_refused_by_families_that_ignore_them(tiny_dir):
+    from evalsuite.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Z-Image pipeline options; the sd3 family does not use them"):
+        family_case("sd3", tiny_dir).policy(cfg_truncation=0.5)
