@@ -123,6 +123,8 @@ def test_qwenimage_edit_conditions_text_and_tokens_on_the_source(tiny_dir):
         policy.encode(["a", "b"], [red, Image.new("RGB", (64, 32))])
     with pytest.raises(ConfigError, match="sees the source image"):
         policy.family.encode_text(["a"])
+    with pytest.raises(ConfigError, match="PromptLoop's mid-trajectory re-prompting .* not supported"):
+        policy.with_prompts(a, ["make it blue"])  # what PromptLoop's refine hook calls
 
 
 def _small_source_case(tiny_dir, area: int = 64 * 64):

@@ -46,8 +46,10 @@ class QwenImageEditFamily(QwenImageFamily):
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise ConfigError(
-            "Qwen-Image-Edit's text encoder sees the source image: encode prompts with their sources "
-            "(FlowPolicy.encode), not text alone"
+            "Qwen-Image-Edit's text encoder sees the source image together with the prompt, so a prompt "
+            "cannot be encoded from text alone: encode prompts with their sources (FlowPolicy.encode). "
+            "PromptLoop's mid-trajectory re-prompting (FlowPolicy.with_prompts) is therefore not supported "
+            "for this family (FLUX.1-Kontext's text encoder is text-only and supports it)"
         )
 
     def _encode_with_images(
