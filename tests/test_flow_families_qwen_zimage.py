@@ -189,8 +189,10 @@ def test_zimage_cfg_normalization_and_truncation_equal_the_pipelines(tiny_dir):
     assert not torch.allclose(both, plain, atol=1e-4)
 
 
-def test_cfg_normalization_and_truncation_are_refused_by_families_that_ignore_them(tiny_dir):
+def test_family_options_are_refused_by_families_that_ignore_them(tiny_dir):
     from evalsuite.errors import ConfigError
 
     with pytest.raises(ConfigError, match="Z-Image pipeline options; the sd3 family does not use them"):
         family_case("sd3", tiny_dir).policy(cfg_truncation=0.5)
+    with pytest.raises(ConfigError, match="Qwen-Image-Edit option; the flux family does not use it"):
+        family_case("flux-kontext", tiny_dir).policy(source_area=64 * 64)

@@ -39,6 +39,7 @@ class QwenImageEditFamily(QwenImageFamily):
 
     name: ClassVar[str] = "qwenimage-edit"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("QwenImageEditPipeline",)
+    source_area_option: ClassVar[bool] = True
 
     def __init__(self, pipeline: Any, config: FlowPolicyConfig) -> None:
         super().__init__(pipeline, config)
