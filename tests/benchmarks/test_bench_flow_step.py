@@ -159,13 +159,22 @@ def _train_step_cpu_times(config: FlowTrainConfig, monkeypatch: pytest.MonkeyPat
     marks: list[float] = []
     progress_bar = scaffold.progress_bar
 
-    def timed(*args: Any, **kwargs: Any):
-        for step in progress_bar(*args, **kwargs):
-            marks.append(time.process_time())
-            yield step
-        marks.append(time.process_time())
+    class Timed:
+        """The trainer's bar (``set_postfix`` and the rest), marking the CPU clock at every step."""
 
-    monkeypatch.setattr(scaffold, "progress_bar", timed)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.bar = progress_bar(*args, **kwargs)
+
+        def __iter__(self):
+            for step in self.bar:
+                marks.append(time.process_time())
+                yield step
+            marks.append(time.process_time())
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.bar, name)
+
+    monkeypatch.setattr(scaffold, "progress_bar", Timed)
     flow_train.train(config)
     return [b - a for a, b in itertools.pairwise(marks)]
 
