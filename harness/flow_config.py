@@ -26,6 +26,7 @@ from evalsuite.harness.config import (
     from_dict,
     read_recipe,
 )
+from evalsuite.harness.sde import SDE_TYPES
 
 MODES = ("flow", "promptrl", "promptloop")
 
@@ -62,13 +63,16 @@ class FlowPolicyConfig:
     height: int | None = 512
     width: int | None = 512
     max_area: int = 1024 * 1024
+    source_area: int | None = None  # Qwen-Image-Edit: the source's resize area; null: 1024² (pipeline)
     num_steps: int = 10
     eval_num_steps: int = 28
     guidance_scale: float = 3.5
     negative_prompt: str = ""
+    cfg_normalization: float = 0.0  # Z-Image: cap ‖guided v‖ at this × ‖positive v‖ (0: off; True = 1)
+    cfg_truncation: float = 1.0  # Z-Image: no CFG on steps whose t = 1 − σ exceeds this (>= 1: never)
     max_sequence_length: int = 512
     noise_level: float = 0.7
-    sde_type: str = "sde"
+    sde_type: str = "sde"  # "sde", "cps" (Flow-GRPO's cps objective) or "cps_gaussian" (its exact density)
     sde_window_size: int | None = None
     sde_window_range: list[int] | None = None
     timestep_fraction: float = 1.0
@@ -164,8 +168,10 @@ def validate_flow_config(config: FlowTrainConfig) -> None:
     f = config.flow
     if config.mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {config.mode!r}")
-    if f.sde_type not in ("sde", "cps"):
-        raise ConfigError(f"flow.sde_type must be 'sde' or 'cps', got {f.sde_type!r}")
+    if f.sde_type not in SDE_TYPES:
+        raise ConfigError(f"flow.sde_type must be one of {SDE_TYPES}, got {f.sde_type!r}")
+    if f.source_area is not None and f.source_area < 32 * 32:
+        raise ConfigError(f"flow.source_area must be null (the pipeline's) or >= 32*32, got {f.source_area}")
     if f.num_steps < 1 or f.eval_num_steps < 1:
         raise ConfigError("flow.num_steps and flow.eval_num_steps must be >= 1")
     if not 0.0 < f.timestep_fraction <= 1.0:

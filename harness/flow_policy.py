@@ -43,7 +43,7 @@ from evalsuite.harness.lora import (
     transformer_lora_state_dict,
 )
 from evalsuite.harness.model_source import loading
-from evalsuite.harness.sde import SDEStep, predicted_x0, sde_step_with_logprob
+from evalsuite.harness.sde import SDE_TYPES, SDEStep, predicted_x0, sde_step_with_logprob
 
 
 class FlowPolicy:
@@ -65,8 +65,8 @@ class FlowPolicy:
         self.reference: Any = None  # full fine-tuning with β ≠ 0: the frozen starting transformer
         self.is_edit = self.family.is_edit
         self.distilled = self.family.guidance == "embedding"
-        if config.sde_type not in ("sde", "cps"):
-            raise ConfigError(f"flow.sde_type must be 'sde' or 'cps', got {config.sde_type!r}")
+        if config.sde_type not in SDE_TYPES:
+            raise ConfigError(f"flow.sde_type must be one of {SDE_TYPES}, got {config.sde_type!r}")
 
     # ------------------------------------------------------------------------------------ building
 
@@ -252,7 +252,7 @@ class FlowPolicy:
         if sde and (sde[0] < 0 or sde[-1] >= num_steps):
             raise ConfigError(f"sde_steps {sde} outside the {num_steps} steps")
         sigmas = self.sigmas(num_steps, height, width)
-        if c.sde_type == "cps":
+        if c.sde_type != "sde":  # cps, cps_gaussian
             sde = [j for j in sde if float(sigmas[j + 1]) > 0]  # its last step is deterministic
         noise_seeds = list(seeds) if noise_seeds is None else list(noise_seeds)
         bs = batch_size or len(seeds)

@@ -180,13 +180,33 @@ def check_lora_renders_in_the_generator(case: FamilyCase, folder: Path) -> None:
     assert base_diff.max() > 8, f"{case.name}: the LoRA does not change the render (test proves nothing)"
 
 
+def prompt_data(
+    prompts: list[str], out_dir: Path, sources: Callable[[int], list[Image.Image]] | None = None
+) -> Any:
+    """A DataConfig of the prompts as given, or (``sources``: an editing family) of a JSONL in ``out_dir``
+    pairing each prompt with one source image."""
+    import json
+
+    from evalsuite.harness.config import DataConfig
+
+    if sources is None:
+        return DataConfig(prompts=prompts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (prompt, source) in enumerate(zip(prompts, sources(len(prompts)))):
+        source.save(out_dir / f"source{i}.png")
+        rows.append(json.dumps({"prompt": prompt, "source_image": f"source{i}.png"}))
+    (out_dir / "edits.jsonl").write_text("\n".join(rows) + "\n")
+    return DataConfig(path=str(out_dir / "edits.jsonl"))
+
+
 def check_learns_a_simple_reward(
     case: FamilyCase, out_dir: Path, targets: list[str] | None = None, lr: float = 5e-2, steps: int = 30
 ) -> None:
     """Flow-GRPO on a brightness reward: the reward rises well beyond step 1's spread; lr 0 stays flat.
-    ``targets``: LoRA targets (default: the family's)."""
+    ``targets``: LoRA targets (default: the family's). Editing families train on the case's sources."""
     from evalsuite.harness import flow_train
-    from evalsuite.harness.config import DataConfig, GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
+    from evalsuite.harness.config import GRPOSettings, OptimConfig, RewardsConfig, RewardSpec
 
     config = FlowTrainConfig(
         mode="flow",
@@ -200,7 +220,7 @@ def check_learns_a_simple_reward(
         flow=replace(case.config(noise_level=0.9, sample_batch_size=16, train_batch_size=16),
                      lora=FlowLoraSettings(r=8, alpha=8, target_modules=targets)),
         rewards=RewardsConfig(components=[RewardSpec("brightness")], normalize="none"),
-        data=DataConfig(prompts=["a cat", "a dog", "a red car", "a tree"]),
+        data=prompt_data(["a cat", "a dog", "a red car", "a tree"], out_dir, case.sources),
         grpo=GRPOSettings(group_size=8, prompts_per_step=2, beta=0.0, clip_eps=0.2, micro_batch_size=8),
         optim=OptimConfig(lr=lr),
     )

@@ -13,7 +13,9 @@ from evalsuite.harness.flow_families import FlowFamily
 from evalsuite.harness.flow_policy import FlowPolicy
 
 from .flow_family_tester import (
+    PROMPTS,
     FamilyCase,
+    _perturb_lora,
     check_batch_invariance,
     check_learns_a_simple_reward,
     check_lora_renders_in_the_generator,
@@ -113,3 +115,51 @@ def test_sd3_learns_a_simple_reward_and_lr_zero_stays_flat(tiny_dir, tmp_path):
     # attention projections alone move the image's brightness too slowly for a 30-step test
     targets = [*SD3_LORA_TARGETS, "ff.net.0.proj", "ff.net.2", "proj_out"]
     check_learns_a_simple_reward(family_case("sd3", tiny_dir), tmp_path, targets, lr=0.3)
+
+
+def test_sde_type_cps_gaussian_trains_with_the_exact_gaussian_log_ratio(tiny_dir):
+    """``flow.sde_type: cps_gaussian``: the cps step (last step Euler), recorded and recomputed as the exact
+    Gaussian log-density, so the trainer's log-ratio log p_new(x') − log p_old(x') (flow_update: recompute
+    minus record) is [(x' − μ_old)² − (x' − μ_new)²] / (2·std²) averaged, not cps's un-normalised one."""
+    import math
+
+    case = family_case("sd3", tiny_dir)
+    policy = case.policy(sde_type="cps_gaussian")
+    (cond, h, w), _ = case.encode(policy, PROMPTS[:2])
+    traj = policy.sample(cond, [1, 2], height=h, width=w, decode=False)
+    assert traj.sde_type == "cps_gaussian" and traj.sde_steps == [0, 1, 2]  # last step deterministic
+    rows, steps = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2])
+    x_next = traj.latents[rows, steps + 1].double()
+    old = policy.step_log_prob(policy.transformer, traj, rows, steps)
+    mean_old, std = old.mean.detach().double(), old.std.double().expand_as(old.mean)
+
+    def mean_over_elements(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], -1).mean(dim=1)
+
+    log_density = -((x_next - mean_old) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
+    density = mean_over_elements(log_density)
+    torch.testing.assert_close(traj.log_probs[rows, steps].double(), density, rtol=1e-5, atol=1e-5)
+
+    _perturb_lora(policy, seed=0, scale=0.2)
+    with torch.no_grad():
+        new = policy.step_log_prob(policy.transformer, traj, rows, steps)
+    log_ratio = (new.log_prob - traj.log_probs[rows, steps]).double()
+    sq_old, sq_new = (x_next - mean_old) ** 2, (x_next - new.mean.double()) ** 2
+    gaussian = mean_over_elements((sq_old - sq_new) / (2 * std**2))
+    torch.testing.assert_close(log_ratio, gaussian, rtol=1e-4, atol=1e-5)
+    assert float(gaussian.abs().min()) > 100 * 1e-5  # the LoRA moved the mean: the check is not 0 == 0
+    cps = mean_over_elements(sq_old - sq_new)
+    assert not torch.allclose(log_ratio, cps, rtol=0.1, atol=0)
+
+
+@pytest.mark.parametrize("where", ["config", "policy"])
+def test_an_unknown_sde_type_is_refused_with_the_allowed_list(where, tiny_dir):
+    from evalsuite.harness.flow_config import FlowTrainConfig, validate_flow_config
+
+    config = family_case("sd3", tiny_dir).config(sde_type="gaussian")
+    allowed = r"flow.sde_type must be one of \('sde', 'cps', 'cps_gaussian'\), got 'gaussian'"
+    with pytest.raises(ConfigError, match=allowed):
+        if where == "config":
+            validate_flow_config(FlowTrainConfig(flow=config))
+        else:
+            FlowPolicy.from_pretrained(config)

@@ -123,3 +123,76 @@ def test_qwenimage_edit_conditions_text_and_tokens_on_the_source(tiny_dir):
         policy.encode(["a", "b"], [red, Image.new("RGB", (64, 32))])
     with pytest.raises(ConfigError, match="sees the source image"):
         policy.family.encode_text(["a"])
+    with pytest.raises(ConfigError, match="PromptLoop's mid-trajectory re-prompting .* not supported"):
+        policy.with_prompts(a, ["make it blue"])  # what PromptLoop's refine hook calls
+
+
+def _small_source_case(tiny_dir, area: int = 64 * 64):
+    case = family_case("qwenimage-edit", tiny_dir)
+    case.settings.update(source_area=area)
+    return case
+
+
+def test_qwenimage_edit_source_area_is_the_pipelines_rule_at_another_area(tiny_dir, monkeypatch):
+    """``flow.source_area`` changes only the area in the pipeline's ``calculate_dimensions(1024², aspect)``:
+    with that one number changed in the pipeline too, noise-0 sampling equals it latent for latent."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as module
+
+    from .flow_family_tester import check_noise0_parity
+
+    case = _small_source_case(tiny_dir)
+    policy = case.policy()
+    (cond, _, _), _ = case.encode(policy, ["a cat"])
+    assert cond.source_latents.shape == (1, 4 * 4, 64)  # 64x64 px: 4x4 tokens, not 64x64
+    assert cond.img_ids.tolist() == [[1, 2, 2], [1, 4, 4]]
+    pipeline_rule = module.calculate_dimensions
+    monkeypatch.setattr(module, "calculate_dimensions", lambda _area, ratio: pipeline_rule(64 * 64, ratio))
+    check_noise0_parity(case, policy)
+    monkeypatch.undo()
+    with pytest.raises(AssertionError):  # the pipeline's own 1 MP source gives other latents
+        check_noise0_parity(case, policy)
+
+
+def test_qwenimage_edit_learns_a_simple_reward_and_lr_zero_stays_flat(tiny_dir, tmp_path):
+    """As for Qwen-Image, with the source at 64x64 px (``flow.source_area``): at the pipeline's 1 MP it is
+    4096 tokens per row on the tiny model, too slow for a test; the training loop is the same."""
+    from evalsuite.harness.flow_families.qwenimage import QWENIMAGE_LORA_TARGETS
+
+    targets = [*QWENIMAGE_LORA_TARGETS, "proj_out"]
+    check_learns_a_simple_reward(_small_source_case(tiny_dir), tmp_path, targets, lr=0.3)
+
+
+def test_zimage_cfg_normalization_and_truncation_equal_the_pipelines(tiny_dir):
+    """ZImagePipeline's ``cfg_normalization`` (True = 1) and ``cfg_truncation``: noise-0 sampling equals the
+    pipeline called with them; each changes the latents (so the parity is not the default's), and the
+    train-time recompute, which mixes steps in one batch, applies each row's step rule."""
+    from .flow_family_tester import check_noise0_parity, check_recompute_equals_record
+
+    case = family_case("zimage", tiny_dir)
+    policy = case.policy(cfg_normalization=1.0)
+    t = 1 - policy.sigmas(4, 32, 32)[:4].double()  # the pipeline's t per step, rising
+    cut = float(t[1] + t[2]) / 2  # CFG on steps 0 and 1 only
+    policy.config.cfg_truncation = cut
+    case.pipeline_kwargs.update(cfg_normalization=True, cfg_truncation=cut)
+    check_noise0_parity(case, policy)
+    check_recompute_equals_record(case, policy, "sde")
+
+    (cond, h, w), _ = case.encode(policy, ["a red cube"])
+
+    def final(normalization: float, truncation: float) -> torch.Tensor:
+        policy.config.cfg_normalization, policy.config.cfg_truncation = normalization, truncation
+        return policy.sample(cond, [3], height=h, width=w, noise_level=0.0, decode=False).latents[0, -1]
+
+    both, plain = final(1.0, cut), final(0.0, 1.0)
+    assert not torch.allclose(both, final(0.0, cut), atol=1e-4)  # the normalisation acted
+    assert not torch.allclose(both, final(1.0, 1.0), atol=1e-4)  # the truncation acted
+    assert not torch.allclose(both, plain, atol=1e-4)
+
+
+def test_family_options_are_refused_by_families_that_ignore_them(tiny_dir):
+    from evalsuite.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Z-Image pipeline options; the sd3 family does not use them"):
+        family_case("sd3", tiny_dir).policy(cfg_truncation=0.5)
+    with pytest.raises(ConfigError, match="Qwen-Image-Edit option; the flux family does not use it"):
+        family_case("flux-kontext", tiny_dir).policy(source_area=64 * 64)

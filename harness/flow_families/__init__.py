@@ -77,11 +77,27 @@ class FlowFamily(Protocol):
 
 class PipelineFamily:
     """What the built-in families share (a convenience base, not part of the protocol): the pipeline and
-    config, the transformer's device and dtype, per-row seeded noise and the VAE's affine latent scaling."""
+    config, the transformer's device and dtype, per-row seeded noise and the VAE's affine latent scaling.
+    ``flow.cfg_normalization``/``cfg_truncation`` (``cfg_options``) and ``flow.source_area``
+    (``source_area_option``) are refused unless the family honours them: a silently ignored setting would
+    train and render another model than the config says."""
+
+    cfg_options: ClassVar[bool] = False
+    source_area_option: ClassVar[bool] = False
 
     def __init__(self, pipeline: Any, config: FlowPolicyConfig) -> None:
         self.pipeline = pipeline
         self.config = config
+        if not self.cfg_options and (config.cfg_normalization, config.cfg_truncation) != (0.0, 1.0):
+            raise ConfigError(
+                f"flow.cfg_normalization / flow.cfg_truncation are Z-Image pipeline options; the "
+                f"{getattr(self, 'name', type(self).__name__)} family does not use them (leave 0 and 1)"
+            )
+        if not self.source_area_option and config.source_area is not None:
+            raise ConfigError(
+                f"flow.source_area is a Qwen-Image-Edit option; the "
+                f"{getattr(self, 'name', type(self).__name__)} family does not use it (leave it null)"
+            )
 
     @property
     def device(self) -> torch.device:

@@ -10,8 +10,10 @@ schedule, decoding) plus the source image, which conditions the model twice:
   target's tokens, with their own (1, h, w) grid in ``img_shapes``; the velocity is read from the target's.
 
 The pipeline resizes the source to ~1 MP whatever the output size (``calculate_dimensions(1024², aspect)``,
-sides rounded to 32): both encodings use that size, so this family does too. The output size is the policy's
-Kontext rule (the source's size, only scaled down to ``flow.max_area``) or ``flow.height/width``.
+sides rounded to 32): both encodings use that size, so this family does too. ``flow.source_area`` picks
+another area for that rule (the pipeline has no argument for it; at 1 MP the source is 4096 tokens, which
+makes small-scale runs and tests slow); null keeps the pipeline's. The output size is the policy's Kontext
+rule (the source's size, only scaled down to ``flow.max_area``) or ``flow.height/width``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class QwenImageEditFamily(QwenImageFamily):
 
     name: ClassVar[str] = "qwenimage-edit"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("QwenImageEditPipeline",)
+    source_area_option: ClassVar[bool] = True
 
     def __init__(self, pipeline: Any, config: FlowPolicyConfig) -> None:
         super().__init__(pipeline, config)
@@ -44,8 +47,10 @@ class QwenImageEditFamily(QwenImageFamily):
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise ConfigError(
-            "Qwen-Image-Edit's text encoder sees the source image: encode prompts with their sources "
-            "(FlowPolicy.encode), not text alone"
+            "Qwen-Image-Edit's text encoder sees the source image together with the prompt, so a prompt "
+            "cannot be encoded from text alone: encode prompts with their sources (FlowPolicy.encode). "
+            "PromptLoop's mid-trajectory re-prompting (FlowPolicy.with_prompts) is therefore not supported "
+            "for this family (FLUX.1-Kontext's text encoder is text-only and supports it)"
         )
 
     def _encode_with_images(
@@ -58,10 +63,12 @@ class QwenImageEditFamily(QwenImageFamily):
         return embeds, mask
 
     def source_size(self, source: Image.Image) -> tuple[int, int]:
-        """(height, width) the pipeline resizes a source to: ~1 MP at its aspect, sides multiples of 32."""
+        """(height, width) the pipeline resizes a source to: ~1 MP (or ``flow.source_area``) at its aspect,
+        sides multiples of 32."""
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
 
-        width, height, _ = calculate_dimensions(SOURCE_AREA, source.size[0] / source.size[1])
+        area = self.config.source_area or SOURCE_AREA
+        width, height, _ = calculate_dimensions(area, source.size[0] / source.size[1])
         return int(height), int(width)
 
     def conditioning(
@@ -76,7 +83,7 @@ class QwenImageEditFamily(QwenImageFamily):
         if other:  # the pipeline would resize every source to source 0's aspect ratio
             raise ConfigError(
                 f"source images {other} have another aspect ratio than source 0 ({sizes[other[0]]} vs "
-                f"{sizes[0]} at ~1 MP): batch sources of one aspect ratio"
+                f"{sizes[0]}): batch sources of one aspect ratio"
             )
         src_h, src_w = sizes[0]
         resized = pipe.image_processor.resize(rgb, src_h, src_w)

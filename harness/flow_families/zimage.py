@@ -4,8 +4,11 @@
   variable-length sequence per prompt (padding dropped); carried padded with the mask in ``pooled``
   (see ``_masked_text``).
 - Guidance: Z-Image's own CFG convention, on whenever the scale is > 0 (the Turbo model runs with 0):
-  v = -(pos + s·(pos − neg)), both branches in one forward, combined in fp32. The pipeline's optional
-  ``cfg_normalization`` and ``cfg_truncation`` are off (its defaults).
+  v = -(pos + s·(pos − neg)), both branches in one forward, combined in fp32. The pipeline's options, per
+  image and per step exactly as ``ZImagePipeline.__call__``: ``flow.cfg_truncation`` c ≤ 1 drops CFG (scale 0:
+  the positive branch alone, no negative forward) on steps whose t = 1 − σ is > c; ``flow.cfg_normalization``
+  r > 0 rescales a guided prediction whose L2 norm exceeds r·‖pos‖ down to that norm (the pipeline's
+  ``True`` is r = 1). Both are per row, so a train-time batch mixing steps gets each step's rule.
 - The transformer predicts −v at time t = 1 − σ (timestep (1000 − σ·1000) / 1000); its input is a list of
   (C, 1, h, w) latents, one per image.
 - Latents (B, 16, H/8, W/8), noise drawn in fp32 whatever the model dtype (as ``prepare_latents``).
@@ -47,6 +50,7 @@ class ZImageFamily(PipelineFamily):
     name: ClassVar[str] = "zimage"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("ZImagePipeline",)
     default_lora_targets: ClassVar[tuple[str, ...]] = ZIMAGE_LORA_TARGETS
+    cfg_options: ClassVar[bool] = True
 
     def __init__(self, pipeline: Any, config: FlowPolicyConfig) -> None:
         super().__init__(pipeline, config)
@@ -91,16 +95,35 @@ class ZImageFamily(PipelineFamily):
         images = list(latents.to(self.device, self.dtype).unsqueeze(2).unbind(0))  # (C, 1, h, w) each
         timestep = (1000 - sigma.to(self.device, torch.float32) * 1000) / 1000  # the pipeline's arithmetic
         texts = unpad(cond.prompt_embeds, cond.pooled)
-        cfg = cond.negative_embeds is not None
-        if cfg:  # the pipeline's order: [positive, negative]
-            images = images + images
-            timestep = torch.cat([timestep, timestep])
-            texts = texts + unpad(cond.negative_embeds, cond.negative_pooled)
-        out = torch.stack([o.float() for o in model(images, timestep, texts, return_dict=False)[0]])
-        if cfg:
-            pos, neg = out[:n], out[n:]
-            out = pos + cond.cfg_scale * (pos - neg)
-        return -out.squeeze(2)
+        guided = self._guided_rows(timestep) if cond.negative_embeds is not None else []
+        if guided:  # the pipeline's order: [positive, negative]
+            negatives = unpad(cond.negative_embeds, cond.negative_pooled)
+            images = images + [images[i] for i in guided]
+            timestep = torch.cat([timestep, timestep[guided]])
+            texts = texts + [negatives[i] for i in guided]
+        out = [o.float() for o in model(images, timestep, texts, return_dict=False)[0]]
+        preds = out[:n]
+        for k, i in enumerate(guided):
+            preds[i] = self._guide(out[i], out[n + k], cond.cfg_scale)
+        return -torch.stack(preds).squeeze(2)
+
+    def _guided_rows(self, timestep: torch.Tensor) -> list[int]:
+        """Rows whose step runs CFG: all, unless ``cfg_truncation`` ≤ 1 and the row's t exceeds it (compared
+        in float64, as the pipeline compares its Python floats)."""
+        cut = self.config.cfg_truncation
+        t = timestep.double().tolist()
+        return [i for i, ti in enumerate(t) if not (cut <= 1 and ti > cut)]
+
+    def _guide(self, pos: torch.Tensor, neg: torch.Tensor, scale: float) -> torch.Tensor:
+        """One image's guided prediction (fp32), renormalised as the pipeline does when asked."""
+        pred = pos + scale * (pos - neg)
+        ratio = self.config.cfg_normalization
+        if ratio > 0.0:
+            max_norm = torch.linalg.vector_norm(pos) * float(ratio)
+            norm = torch.linalg.vector_norm(pred)
+            if norm > max_norm:
+                pred = pred * (max_norm / norm)
+        return pred
 
     def initial_noise(self, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
         """(B, 16, H/8, W/8) fp32 noise, row i drawn like ZImagePipeline with generator seeds[i]."""
