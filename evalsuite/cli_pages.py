@@ -1,5 +1,6 @@
 """The ``evalsuite`` commands that write the static pages: ``compare RUN_A RUN_B`` (no judge, no reward),
-``report TRAIN_DIR`` and the training page ``train`` writes at the end of a run."""
+``report DIR`` (a training or an evaluation run folder) and the training page ``train`` writes at the end
+of a run."""
 
 from __future__ import annotations
 
@@ -59,14 +60,27 @@ def training_page(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``evalsuite report DIR``: the page of a training folder (metrics.csv) or of an evaluation run
+    (results.json + samples.jsonl), rendered again from its files."""
+    from evalsuite.errors import ConfigError
+    from evalsuite.report import is_run_folder, rerender_report
     from evalsuite.training_report import render_training_report
 
-    print(f"training report: {render_training_report(args.run_dir)}")
+    run_dir = Path(args.run_dir)
+    if (run_dir / "metrics.csv").is_file():
+        print(f"training report: {render_training_report(run_dir)}")
+    elif is_run_folder(run_dir):
+        print(f"report: {rerender_report(run_dir)}")
+    else:
+        raise ConfigError(f"{run_dir}: neither a training run folder (no metrics.csv; `evalsuite train` "
+                          "writes one after its first step) nor an evaluation run (no results.json and "
+                          "samples.jsonl; `evalsuite run` writes them)")
     return 0
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="write report.html of a training run folder (finished or running): "
-                                      "curves and logged image grids")
-    p.add_argument("run_dir", help="the folder `evalsuite train` writes (metrics.csv, manifest.json, …)")
+    p = sub.add_parser("report", help="write report.html of a training run folder (finished or running: "
+                                      "curves and logged image grids) or again of an evaluation run folder")
+    p.add_argument("run_dir", help="the folder `evalsuite train` writes (metrics.csv, manifest.json, …) or "
+                                   "one `evalsuite run` wrote (results.json, samples.jsonl)")
     p.set_defaults(func=cmd_report)

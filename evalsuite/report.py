@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from evalsuite.charts import bar_chart
+from evalsuite.errors import ConfigError
 from evalsuite.report_samples import cards
 from evalsuite.store import JsonlLog, atomic_write_json, atomic_write_text
 
@@ -52,6 +53,7 @@ def write_outputs(out: Path, benchmark, summary: dict[str, Any], table, per_samp
         "summary": summary,
         "table": {str(k): v for k, v in table.to_dict(orient="index").items()},
         "n_images": len(per_sample),
+        "table_index": table.index.name,  # the table's index column (task, category, …) for re-rendering
     })
     records = per_sample.to_dict(orient="records")
     tmp = out / ".samples.jsonl.tmp"
@@ -124,3 +126,42 @@ def html_report(benchmark, summary: dict[str, Any], table, per_sample, out: Path
         f"{_CARDS_TAG}{blob}</script><script>{_asset('report.js')}</script>"
         "</body></html>\n"
     )
+
+
+class _DescribedBenchmark:
+    """The benchmark as its results.json describes it: all a page needs (name, describe())."""
+
+    def __init__(self, description: dict[str, Any]) -> None:
+        self.name = str(description.get("name", "run"))
+        self._description = description
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._description)
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    return (run_dir / "results.json").is_file() and (run_dir / "samples.jsonl").is_file()
+
+
+def rerender_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` of an ``evalsuite run`` folder again from its own files (results.json,
+    samples.jsonl), e.g. after an upgrade of the report, with thumbnails made where missing. No model,
+    benchmark code or data files are needed: the page shows what the run recorded."""
+    import pandas as pd
+
+    out = Path(run_dir)
+    if not is_run_folder(out):
+        missing = [n for n in ("results.json", "samples.jsonl") if not (out / n).is_file()]
+        raise ConfigError(f"{out}: not an evaluation run folder (no {' or '.join(missing)}; `evalsuite run` "
+                          "writes both when it finishes)")
+    try:
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        per_sample = pd.DataFrame(list(JsonlLog(out / "samples.jsonl")))
+    except ValueError as e:
+        raise ConfigError(f"{out}: results.json or samples.jsonl cannot be read ({e})") from e
+    table = pd.DataFrame.from_dict(results.get("table") or {}, orient="index")
+    table.index.name = results.get("table_index")
+    benchmark = _DescribedBenchmark(results.get("benchmark") or {})
+    atomic_write_text(out / "report.html", html_report(benchmark, results.get("summary") or {}, table,
+                                                       per_sample, out))
+    return out / "report.html"

@@ -3,7 +3,7 @@
 The page renders cards from one JSON blob in pages (a DPG run has 4,260 images; building them all as DOM
 at load is what makes a report slow), so everything a card shows is computed here: status, task, reason
 and its kind (for the filters), the evidence to draw over the image, an OCR edit script, the questions
-asked of the image with their answers.
+asked of the image with their answers, the prompt shaded by how likely an echoing VLM found each token.
 """
 
 from __future__ import annotations
@@ -41,12 +41,22 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
+def _scorer_prefixed(key: str, name: str, row: Mapping[str, Any]) -> bool:
+    """``key`` is ``name`` under a scorer's prefix: ``detection.evidence`` (a reward's details), or
+    ``blip_questions`` where ``blip_score`` is there too (T2I-CompBench's per-scorer columns; the check keeps
+    ``n_questions`` from passing for ``questions``)."""
+    if key.endswith("." + name):
+        return True
+    prefix = key[: -len(name) - 1]
+    return key.endswith("_" + name) and prefix.isalpha() and f"{prefix}_score" in row
+
+
 def _field(row: Mapping[str, Any], name: str) -> Any:
-    """``name`` as a column, else as a scorer-prefixed column (``detection.evidence``), else in metadata."""
+    """``name`` as a column, else as a scorer-prefixed column, else in metadata."""
     if _present(row.get(name)):
         return row[name]
     for key, value in row.items():
-        if isinstance(key, str) and key.endswith("." + name) and _present(value):
+        if isinstance(key, str) and _scorer_prefixed(key, name, row) and _present(value):
             return value
     meta = row.get("metadata")
     return meta.get(name) if isinstance(meta, Mapping) else None
@@ -91,7 +101,8 @@ def reason_kind(reason: str) -> str:
 
 
 def thumbnail(out: Path, image_rel: str) -> str | None:
-    """A small JPEG of the image under ``out/thumbs`` (relative path), made only if not there yet.
+    """A small JPEG of the image under ``out/thumbs`` (relative path), made only if not there yet; an
+    image already no larger than a thumbnail is its own (re-encoding it as JPEG only adds artefacts).
 
     The name hashes the image path, size and mtime, so a regenerated image gets a fresh thumbnail. None
     when the image cannot be read (the card then links the original and says nothing more).
@@ -108,6 +119,8 @@ def thumbnail(out: Path, image_rel: str) -> str | None:
         return rel
     try:
         with Image.open(src) as img:
+            if max(img.size) <= THUMB_SIZE:  # reads the header only
+                return image_rel
             img = img.convert("RGB")
             img.thumbnail((THUMB_SIZE, THUMB_SIZE))
             dest.parent.mkdir(exist_ok=True)
@@ -145,7 +158,8 @@ def questions(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     """Each question asked of the image with its answer and credit, from what the benchmarks record:
     DPG (questions, answers, final/raw 0/1), TIIF (metadata questions + gold answers, the judge's preds and
     per-question ``hits``),
-    GenEval 2 (metadata ``vqa_list`` [question, answer] pairs, soft ``question_scores``)."""
+    GenEval 2 (metadata ``vqa_list`` [question, answer] pairs, soft ``question_scores``), T2I-CompBench's
+    BLIP-VQA (``blip_questions``, one per noun phrase, with its ``blip_p_yes``)."""
     qs = _listish(_field(row, "questions"))
     if qs is None and (pairs := _listish(_field(row, "vqa_list"))) is not None:
         qs = [p[0] if _listish(p) else p for p in pairs]
@@ -158,6 +172,8 @@ def questions(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     answers = _listish(row.get("answers")) if preds is None else preds
     credit = _listish(row.get("final")) or _listish(row.get("raw"))
     soft = _listish(_field(row, "question_scores"))
+    if soft is None:
+        soft = _listish(_field(row, "p_yes"))
     for k, item in enumerate(out):
         if answers is not None and k < len(answers):
             item["a"] = str(answers[k])
@@ -196,6 +212,9 @@ def _card(row: Mapping[str, Any], out: Path, make_thumbs: bool) -> dict[str, Any
     qa = questions(row)
     if qa:
         card["qa"] = qa
+    tokens = _listish(_field(row, "caption_tokens"))
+    if tokens:  # PromptEcho (DenseAlignBench's companion): the prompt as the VLM's answer, token by token
+        card["echo"] = {"asked": str(_field(row, "query") or ""), "tokens": _plain(tokens)}
     return card
 
 

@@ -61,6 +61,7 @@ class EchoBatch:
     pixel_values: torch.Tensor
     image_grid_thw: torch.Tensor
     image_tokens: list[int]
+    spans: list[list[tuple[int, int]]] | None = None  # caption characters per target token (fast tokenizer)
 
 
 class PromptEcho(Reward):
@@ -137,10 +138,16 @@ class PromptEcho(Reward):
         pixel_values, grid, counts = qvl.image_inputs(self._processor, images)
         prefixes = tok([qvl.expand_image_pads(self._prefix, iter([n])) for n in counts],
                        add_special_tokens=False)["input_ids"]
-        captions = tok([s.prompt for s in samples], add_special_tokens=False)["input_ids"]
-        seqs, starts, targets = [], [], []
-        for s, prefix, caption in zip(samples, prefixes, captions):
+        encoded = tok([s.prompt for s in samples], add_special_tokens=False,
+                      return_offsets_mapping=tok.is_fast)
+        captions = encoded["input_ids"]
+        offsets = encoded.get("offset_mapping")
+        seqs, starts, targets, spans = [], [], [], []
+        for k, (s, prefix, caption) in enumerate(zip(samples, prefixes, captions)):
             target = list(caption) + ([self._end_id] if self.count_end_token and caption else [])
+            if offsets is not None:  # the end token, when counted, sits after the caption's last character
+                end = [(len(s.prompt), len(s.prompt))] * (len(target) - len(caption))
+                spans.append([(int(a), int(b)) for a, b in offsets[k]] + end)
             seq = list(prefix) + target
             if len(seq) > self._max_length:
                 raise ValueError(
@@ -150,7 +157,8 @@ class PromptEcho(Reward):
             seqs.append(seq)
             starts.append(len(prefix))
             targets.append(target)
-        return EchoBatch(seqs, starts, targets, pixel_values, grid, counts)
+        spans_or_none = None if offsets is None else spans
+        return EchoBatch(seqs, starts, targets, pixel_values, grid, counts, spans_or_none)
 
     @torch.inference_mode()
     def _caption_logprobs(self, batch: EchoBatch) -> list[torch.Tensor]:
@@ -185,6 +193,14 @@ class PromptEcho(Reward):
         return list(logp.cpu().split([len(t) for t in batch.targets]))
 
     # -- reward ----------------------------------------------------------------------------------
+    def _echo_record(self, batch: EchoBatch, k: int, logprobs: torch.Tensor) -> dict[str, Any]:
+        """What the VLM was asked and how likely it found each caption token, for the report's card
+        (display only: 4 decimals; the score above uses the unrounded values)."""
+        if batch.spans is None:
+            return {"query": self.query}
+        tokens = [[a, b, round(float(v), 4)] for (a, b), v in zip(batch.spans[k], logprobs.tolist())]
+        return {"query": self.query, "caption_tokens": tokens}
+
     def _score_batch(self, samples: list[Sample]) -> list[Score]:
         scored = [i for i, s in enumerate(samples) if s.prompt != ""]
         results: list[Score] = [
@@ -202,5 +218,6 @@ class PromptEcho(Reward):
                 "n_image_tokens": batch.image_tokens[k],
                 "n_sequence_tokens": len(batch.seqs[k]),
                 "truncated": False,
+                **self._echo_record(batch, k, lp),
             })
         return results

@@ -23,22 +23,24 @@ OFFLINE = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--n
            "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"]
 
 
-def _run(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, *OFFLINE, f"--user-data-dir={profile}", *extra, page.resolve().as_uri()]
+def _run(page: Path, profile: Path, *extra: str, fragment: str = "") -> subprocess.CompletedProcess:
+    url = page.resolve().as_uri() + (f"#{fragment}" if fragment else "")
+    cmd = [CHROMIUM, *OFFLINE, f"--user-data-dir={profile}", *extra, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 
-def screenshot(page: Path, shot: Path, *, width: int = 1300, height: int = 1600) -> np.ndarray:
-    """Render ``page`` into ``shot`` (PNG) and return its RGB pixels."""
+def screenshot(page: Path, shot: Path, *, width: int = 1300, height: int = 1600,
+               fragment: str = "") -> np.ndarray:
+    """Render ``page`` (at ``#fragment``: a report's view state) into ``shot`` (PNG); its RGB pixels."""
     proc = _run(page, shot.parent / f".profile-{shot.stem}", f"--window-size={width},{height}",
-                f"--screenshot={shot}")
+                f"--screenshot={shot}", fragment=fragment)
     assert shot.is_file(), proc.stderr[-2000:]
     return np.asarray(Image.open(shot).convert("RGB")).astype(int)
 
 
-def rendered_dom(page: Path, tmp: Path) -> str:
-    """The document as Chromium serialises it after loading ``page``."""
-    proc = _run(page, tmp / ".profile-dom", "--virtual-time-budget=2000", "--dump-dom")
+def rendered_dom(page: Path, tmp: Path, fragment: str = "") -> str:
+    """The document as Chromium serialises it after loading ``page`` (at ``#fragment``)."""
+    proc = _run(page, tmp / ".profile-dom", "--virtual-time-budget=2000", "--dump-dom", fragment=fragment)
     assert proc.returncode == 0 and "<html" in proc.stdout, proc.stderr[-2000:]
     return proc.stdout
 

@@ -26,6 +26,7 @@ from evalsuite.benchmarks.densealign_rules import (
     swap_for,
 )
 from evalsuite.evaluate import evaluate
+from evalsuite.report import cards_in
 from evalsuite.rewards.judge_local import LocalQwenJudge
 from evalsuite.rewards.judges import OpenAIJudge
 from evalsuite.scorer import Judgement, PairJudge
@@ -455,6 +456,10 @@ def test_e2e_runs_have_official_layout_and_companion(flux_runs, data_dir):
         assert [m["caption"] for m in meta] == captions
         assert math.isfinite(res.summary["promptecho"]) and res.summary["n_scored"] == 3
         assert res.per_sample["promptecho.n_caption_tokens"].gt(100).all()  # dense captions, untruncated
+        # the report's cards: what the VLM was asked and how likely it found each token of the caption
+        echoes = [c["echo"] for c in cards_in((root / name / "report.html").read_text())]
+        assert [len(e["tokens"]) for e in echoes] == list(res.per_sample["promptecho.n_caption_tokens"])
+        assert all(e["asked"] == "Describe this image in detail." for e in echoes)
 
 
 def test_e2e_compare_with_http_judge(flux_runs, tmp_path):

@@ -4,6 +4,7 @@ questions), thumbnails written once. Browser behaviour is in test_report_browser
 from __future__ import annotations
 
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -107,6 +108,45 @@ def test_cards_carry_what_each_benchmark_records(tmp_path):
     assert "qa" not in first and "ev" not in got["p/0"]
 
 
+def test_blip_vqa_questions_echo_tokens_and_compbench_evidence_reach_the_cards():
+    """As T2I-CompBench and DenseAlignBench record them: per-scorer ``blip_``/``spatial_`` columns, the
+    companion's ``promptecho.`` columns."""
+    rows = [
+        {"id": "color/000/0", "group": "color/000", "prompt": "a green bench and a blue bowl",
+         "image": "a.png", "category": "color", "score": 0.0321, "error": None, "blip_score": 0.0321,
+         "blip_questions": ["a green bench?", "a blue bowl?"], "blip_p_yes": [0.123456, 0.26],
+         "blip_n_questions": 2},
+        {"id": "complex/000/0", "group": "complex/000", "prompt": "a hat on a coat", "image": "b.png",
+         "category": "complex", "score": 0.5, "error": None, "blip_score": 0.9, "blip_questions": ["a hat?"],
+         "blip_p_yes": [0.9], "spatial_score": 0.1, "spatial_evidence": EVIDENCE},
+        {"id": "0000/0", "group": "0000", "prompt": "a red cube", "image": "c.png", "score": -3.5,
+         "error": None, "promptecho": -3.5, "promptecho.n_caption_tokens": 3,  # not the tokens themselves
+         "n_questions": 2, "promptecho.query": "Describe this image in detail.",
+         "promptecho.caption_tokens": [[0, 1, -1.0], [1, 5, -6.0], [5, 10, -3.5]]},
+    ]
+    got = {c["id"]: c for c in cards(pd.DataFrame(rows))}
+    assert got["color/000/0"]["task"] == "color"
+    assert got["color/000/0"]["qa"] == [{"q": "a green bench?", "s": 0.1235},
+                                        {"q": "a blue bowl?", "s": 0.26}]
+    assert got["complex/000/0"]["qa"] == [{"q": "a hat?", "s": 0.9}]
+    assert got["complex/000/0"]["ev"] == EVIDENCE
+    assert got["0000/0"]["echo"] == {"asked": "Describe this image in detail.",
+                                     "tokens": [[0, 1, -1.0], [1, 5, -6.0], [5, 10, -3.5]]}
+    assert "echo" not in got["color/000/0"] and "qa" not in got["0000/0"]
+
+
+def test_images_no_larger_than_a_thumbnail_are_linked_as_they_are(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for name, size in (("small.png", (48, 32)), ("edge.png", (256, 200)), ("big.png", (257, 100))):
+        Image.new("RGB", size, (10, 200, 30)).save(tmp_path / "imgs" / name)
+    assert thumbnail(tmp_path, "imgs/small.png") == "imgs/small.png"
+    assert thumbnail(tmp_path, "imgs/edge.png") == "imgs/edge.png"
+    assert not (tmp_path / "thumbs").exists()  # nothing re-encoded
+    rel = thumbnail(tmp_path, "imgs/big.png")
+    with Image.open(tmp_path / rel) as thumb:
+        assert rel.startswith("thumbs/") and thumb.size == (256, 100) and thumb.format == "JPEG"
+
+
 def test_thumbnails_are_small_and_written_once(tmp_path):
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (1024, 512), (10, 200, 30)).save(tmp_path / "imgs" / "a.png")
@@ -152,3 +192,38 @@ def test_write_outputs_writes_thumbnails_next_to_the_report(tmp_path):
     card = cards_in((tmp_path / "report.html").read_text())[0]
     assert (tmp_path / card["thumb"]).is_file() and card["img"] == "images/0.png"
     assert pd.read_parquet(tmp_path / "samples.parquet")["evidence"][0]["below"][0]["class"] == "cat"
+
+
+def test_report_renders_an_evaluation_run_again_from_its_files(tmp_path, capsys):
+    """``evalsuite report RUN`` on an ``evalsuite run`` folder: the same cards and table as the run wrote,
+    thumbnails made again where missing; a folder that is neither kind of run is refused, naming both."""
+    from evalsuite.cli import main
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (300, 300), (255, 0, 255)).save(tmp_path / "images" / "0.png")
+    frame = pd.DataFrame([
+        {"id": "0/0", "group": "0", "prompt": "a cat", "image": "images/0.png", "tag": "counting",
+         "correct": False, "score": 0.0, "error": None, "reason": "include[0]: expected cat>=1, found 0",
+         "evidence": EVIDENCE},
+        {"id": "1/0", "group": "1", "prompt": "dpg", "image": "images/missing.png", "score": 0.5,
+         "error": None, "questions": ["is there a cat?"], "answers": ["yes"], "final": [1.0]},
+    ])
+    table = pd.DataFrame({"accuracy": [0.25]}, index=pd.Index(["counting"], name="task"))
+    write_outputs(tmp_path, FakeBench(), {"overall": 0.25}, table, frame)
+    first = (tmp_path / "report.html").read_text()
+    (tmp_path / "report.html").unlink()
+    shutil.rmtree(tmp_path / "thumbs")
+    assert main(["report", str(tmp_path)]) == 0
+    again = (tmp_path / "report.html").read_text()
+    assert cards_in(again) == cards_in(first)
+    assert (tmp_path / cards_in(again)[0]["thumb"]).is_file()
+    table_html = re.compile(r"<table.*?</table>", re.S)
+    assert table_html.findall(again) == table_html.findall(first) and ">task<" in again
+    assert f"report: {tmp_path / 'report.html'}" in capsys.readouterr().out
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert "neither a training run folder (no metrics.csv" in err
+    assert "no results.json and samples.jsonl" in err

@@ -165,6 +165,22 @@ def test_count_end_token_adds_im_end(qwen):
         assert s1 < s0  # one more (negative) log-probability in the sum
 
 
+def test_details_record_what_was_asked_and_each_token_where_it_sits(qwen):
+    """For the report's card: the query, and per caption token its characters in the prompt and its
+    log-probability (the hand reference, to the 4 decimals recorded); the score stays their unrounded mean."""
+    ss = samples()
+    out = PromptEcho(qwen).score(ss)
+    for s, score, d in zip(ss, out.scores, out.details):
+        hand = hand_logprobs(qwen, s)
+        tokens = d["caption_tokens"]
+        assert d["query"] == DEFAULT_QUERY and len(tokens) == d["n_caption_tokens"] == len(hand)
+        assert "".join(s.prompt[a:b] for a, b, _ in tokens) == s.prompt  # in order, gap-free, whole prompt
+        assert all(abs(lp - float(h)) < 2e-4 for (_, _, lp), h in zip(tokens, hand))
+        assert close(score, float(hand.mean()), 1e-5, 1e-4)
+    end = PromptEcho(qwen, count_end_token=True).score(ss[:1]).details[0]["caption_tokens"]
+    assert end[-1][:2] == [len(ss[0].prompt)] * 2  # <|im_end|> sits after the prompt's last character
+
+
 def test_batch_invariance_mixed_lengths_and_sizes(qwen):
     ss = [
         Sample("long", LONG_CAPTION, image=_img(28, 28, 3)),

@@ -34,6 +34,7 @@ from evalsuite.data import resolve
 from evalsuite.errors import ConfigError
 from evalsuite.evaluate import evaluate
 from evalsuite.nlp import Tok, parse
+from evalsuite.report import cards_in
 from evalsuite.rewards.compbench_detection import CompBenchDetection
 from evalsuite.rewards.compbench_rules import (
     attribute_score,
@@ -488,6 +489,12 @@ def test_end_to_end_in_the_official_layout(tiny_dir, tiny_clip, data_dir, tmp_pa
     assert 0.0 <= ps.loc["color/000/0", "score"] <= 1.0
     assert ps.loc["spatial/000/0", "spatial_obj1"] == "giraffe" and ps.loc["spatial/000/0", "score"] == 0.0
     assert -1.0 <= ps.loc["non_spatial/000/0", "score"] <= 1.0
+    # the report's cards: each noun-phrase question with its P(yes), the spatial detections to draw
+    shown = {c["id"]: c for c in cards_in((out / "report.html").read_text())}
+    p_yes = ps.loc["color/000/0", "blip_p_yes"]
+    assert shown["color/000/0"]["qa"] == [{"q": "a green bench?", "s": round(p_yes[0], 4)},
+                                          {"q": "a blue bowl?", "s": round(p_yes[1], 4)}]
+    assert set(shown["spatial/000/0"]["ev"]) >= {"kept", "below", "threshold", "size"}
     assert set(res.summary) == {*cats, "category_mean", "n_failed"}
     scorers = json.loads((out / "results.json").read_text())["benchmark"]["scorers"]
     assert scorers["blip"]["backend"] == "transformers" and scorers["blip"]["official_rounding"] is True

@@ -177,6 +177,26 @@
     det.appendChild(ol);
     return det;
   }
+  function echo(e, prompt) {
+    // PromptEcho: the VLM was asked e.asked about the image and scored on answering with the prompt;
+    // each token is shaded by how unlikely it found it, the least likely few are named in the summary.
+    var det = el("details", {"class": "echo"});
+    var worst = e.tokens.slice().sort(function (x, y) { return x[2] - y[2]; }).slice(0, 3);
+    det.appendChild(el("summary", {}, "asked “" + e.asked + "”; least expected: " + worst.map(function (t) {
+      return "“" + prompt.slice(t[0], t[1]).trim() + "” p " + fmt(Math.exp(t[2]));
+    }).join(", ")));
+    var text = el("div", {"class": "echo-text"}), at = 0;
+    e.tokens.forEach(function (t) {
+      if (t[0] > at) text.appendChild(document.createTextNode(prompt.slice(at, t[0])));
+      var p = Math.exp(t[2]), span = el("span", {title: "p " + fmt(p) + " (log " + fmt(t[2]) + ")"}, prompt.slice(t[0], t[1]));
+      span.style.background = "rgba(220,40,40," + (0.6 * (1 - p)).toFixed(2) + ")";
+      text.appendChild(span);
+      at = Math.max(at, t[1]);
+    });
+    if (at < prompt.length) text.appendChild(document.createTextNode(prompt.slice(at)));
+    det.appendChild(text);
+    return det;
+  }
   function card(c) {
     var fig = el("figure", {"class": "card " + c.status, "data-id": c.id});
     var pic = el("div", {"class": "pic"});
@@ -211,6 +231,7 @@
     if (c.ev) cap.appendChild(evidenceList(c.ev));
     if (c.ocr) cap.appendChild(ocr(c.ocr));
     if (c.qa) cap.appendChild(qa(c.qa));
+    if (c.echo) cap.appendChild(echo(c.echo, c.prompt));
     fig.appendChild(cap);
     return fig;
   }
