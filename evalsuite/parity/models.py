@@ -8,7 +8,6 @@ script (``side/<script>``) and our reward (by registered name) then score the sa
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from evalsuite.parity.legacy import clip_folder_v4, qwen2_vl_folder_v4
 
 __all__ = ["MODEL_ROWS", "PROBE_ROWS", "PROMPTS", "ModelRow", "Prepared", "ProbeRow", "write_images"]
 
@@ -147,16 +148,8 @@ def _prepare_pickscore(work: Path) -> Prepared:
     from evalsuite.tiny import write_tiny
 
     folder = write_tiny(work / "tiny", names=["clip"])["clip"]
-    # The hub's PickScore/laion folders are in the pre-v5 layout the official side reads: the image
-    # processor's settings in preprocessor_config.json (transformers 5 nests them in processor_config.json).
-    side = work / "pickscore-v4-layout"
-    shutil.copytree(folder, side)
-    nested = json.loads((side / "processor_config.json").read_text(encoding="utf-8"))
-    (side / "preprocessor_config.json").write_text(json.dumps(nested["image_processor"], indent=2))
-    # tokenizers < 0.20 reads BPE merges as "a b" strings, newer ones write [a, b] pairs: same tokenizer.
-    tok = json.loads((side / "tokenizer.json").read_text(encoding="utf-8"))
-    tok["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    (side / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    # The hub's PickScore/laion folders are in the pre-v5 layout the official side reads.
+    side = clip_folder_v4(folder, work / "pickscore-v4-layout")
     return Prepared({"model": str(folder)}, {"model": str(side)},
                     "tiny random `CLIPModel` folder (`evalsuite tiny` clip), transformers format")
 
@@ -174,6 +167,24 @@ def _prepare_hpsv2(work: Path) -> Prepared:
                     {"checkpoint": str(folder / "HPS_v2.1_compressed.pt"), "arch_config": str(cfg),
                      "bpe": str(bpe)},
                     "tiny random, official `HPS_v2.1_compressed.pt` (`{'state_dict': ...}`)")
+
+
+def _prepare_hpsv3(work: Path) -> Prepared:
+    """The tiny HPSv3 (`evalsuite tiny` hpsv3: ``HPSv3.safetensors`` already under the 4.45 key names) and
+    its tiny Qwen2-VL base, copied in the layout transformers 4.45 reads for the official side."""
+    from safetensors.torch import load_file
+
+    from evalsuite.tiny import write_tiny
+
+    folder = write_tiny(work / "tiny", names=["hpsv3"])["hpsv3"]
+    checkpoint = folder / "checkpoint" / "HPSv3.safetensors"
+    side_base = qwen2_vl_folder_v4(folder / "base", work / "qwen2-vl-v4-layout")
+    n = _count_params(load_file(str(checkpoint)))
+    return Prepared({"model": str(folder / "checkpoint"), "base_model": str(folder / "base")},
+                    {"checkpoint": str(checkpoint), "base": str(side_base)},
+                    f"tiny random Qwen2-VL ({n / 1e3:.0f} k parameters, real patch geometry and pixel "
+                    "budget) + ranknet head, official `HPSv3.safetensors` (strict load) + base folder in "
+                    "the 4.45 layout")
 
 
 _V4_LAYOUT = ("the side reads a copy of the folder in the pre-v5 layout the hub's PickScore/laion folders "
@@ -203,6 +214,15 @@ MODEL_ROWS: dict[str, ModelRow] = {
                  "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2,
                  shims="the 1.2.0 wheel lacks `bpe_simple_vocab_16e6.txt.gz`; the side copies open_clip's "
                  "(the same file) into it before importing `hpsv2`"),
+        ModelRow("hpsv3", "hpsv3", "official_hpsv3.py", "`HPSv3RewardInferencer(config, checkpoint)` + "
+                 "`.reward(paths, prompts)[:, 0]` (`hpsv3/inference.py`, config `HPSv3_7B.yaml`)",
+                 _prepare_hpsv3,
+                 shims="the side's config is the official `HPSv3_7B.yaml` with `model_name_or_path` = the "
+                 "tiny base folder and float32 (`bf16: False`, `torch_dtype: float32`; the release runs "
+                 "bfloat16); the base folder is the tiny Qwen2-VL rewritten in the transformers-4.45 layout "
+                 "(flat `config.json` with `rope_scaling: {type: mrope}`, `preprocessor_config.json` with "
+                 "`min/max_pixels`, `chat_template.json`, BPE merges as strings) by "
+                 "`evalsuite.parity.legacy.qwen2_vl_folder_v4`"),
     )
 }
 
@@ -223,15 +243,6 @@ class ProbeRow:
 PROBE_ROWS: dict[str, ProbeRow] = {
     row.name: row
     for row in (
-        ProbeRow("hpsv3", "hpsv3", "`HPSv3RewardInferencer` (`hpsv3/inference.py`)", ("hpsv3",),
-                 {"hpsv3": "hpsv3", "transformers": "transformers", "torch": "torch"},
-                 "installs and imports; not measured yet: our tiny Qwen2-VL is written by transformers 5 "
-                 "(nested `text_config`, `rope_parameters`, nested processor config), which transformers "
-                 "4.45 would read as the 7B defaults, and the official architecture is Qwen2-VL-7B "
-                 "(full-size random is ~8 B parameters, ~32 GB in float32: beyond this CPU). Missing piece: "
-                 "a tiny writer in the 4.45 layout. Meanwhile `tests/test_reward_hpsv3.py` checks a "
-                 "reference written from `inference.py` under the 4.45 semantics, and the official "
-                 "`process_vision_info` pixel for pixel"),
         ProbeRow("blip_vqa", "lavis", "LAVIS `blip_vqa` (`salesforce-lavis`)", ("lavis.models",),
                  {"salesforce-lavis": "lavis", "transformers": "transformers", "torch": "torch",
                   "numpy": "numpy"},
