@@ -8,6 +8,7 @@ script (``side/<script>``) and our reward (by registered name) then score the sa
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,32 +116,61 @@ _SMALL_CLIP = {
 }
 
 
-def _prepare_clipscore(work: Path) -> Prepared:
-    """One small random CLIP written twice: an OpenAI state dict for ``clip.load(path)`` and open_clip's
-    ``local-dir`` folder for our CLIPScore (same tensors, same key names)."""
+def _small_openai_clip(work: Path, name: str, embed_dim: int) -> tuple[Path, Path, str]:
+    """One small random CLIP written twice: an OpenAI state dict for ``clip.load(path)`` (``work/<name>
+    -openai.pt``) and open_clip's ``local-dir`` folder for our rewards (``work/<name>``; same tensors, same
+    key names). Returns both paths and a description."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     from evalsuite.tiny._common import resolve, seeded
 
-    with seeded(0, "parity", "clip"):
-        model = open_clip.CLIP(**_SMALL_CLIP)
+    model_cfg = {**_SMALL_CLIP, "embed_dim": embed_dim}
+    with seeded(0, "parity", name):
+        model = open_clip.CLIP(**model_cfg)
     # OpenAI ships fp16 weights and ``build_model`` rounds every matmul weight to fp16 (``convert_weights``):
     # fp16-representable values make the two files hold what the official loader keeps.
     state = {k: (v.half().float() if v.is_floating_point() else v).detach().contiguous().clone()
              for k, v in model.state_dict().items()}
-    folder = work / "clip"
+    folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / resolve("evalsuite.rewards.clip_models:WEIGHTS_FILE")))
     pre = open_clip.get_pretrained_cfg("ViT-B-32", "openai")
-    config = {"model_cfg": _SMALL_CLIP,
+    config = {"model_cfg": model_cfg,
               "preprocess_cfg": {k: pre[k] for k in ("mean", "std", "interpolation", "resize_mode")}}
     (folder / resolve("evalsuite.rewards.clip_models:CONFIG_FILE")).write_text(json.dumps(config, indent=2))
-    torch.save(state, work / "clip-openai.pt")
-    return Prepared({"model": str(folder)}, {"checkpoint": str(work / "clip-openai.pt")},
-                    f"small random ({_count_params(state) / 1e6:.0f} M parameters, ViT 64 px/16, 2+2 layers, "
-                    "width 128), OpenAI state dict for `clip.load` + open_clip folder")
+    openai_file = work / f"{name}-openai.pt"
+    torch.save(state, openai_file)
+    n = _count_params(state) / 1e6
+    return folder, openai_file, (f"small random CLIP ({n:.0f} M parameters, ViT 64 px/16, 2+2 layers, "
+                                 f"width 128, embedding {embed_dim})")
+
+
+def _prepare_clipscore(work: Path) -> Prepared:
+    """The small CLIP: OpenAI state dict for the official side, open_clip folder for our CLIPScore."""
+    folder, openai_file, described = _small_openai_clip(work, "clip", _SMALL_CLIP["embed_dim"])
+    return Prepared({"model": str(folder)}, {"checkpoint": str(openai_file)},
+                    f"{described}, OpenAI state dict for `clip.load` + open_clip folder")
+
+
+def _prepare_aesthetic(work: Path) -> Prepared:
+    """The tiny aesthetic MLP (`evalsuite tiny` aesthetic: official ``sac+logos+ava1-l14-linearMSE.pth``
+    layout, 768 -> ... -> 1) over the small CLIP projecting to 768 (its ``clip/`` backbone replaced: the tiny
+    one's 16-wide heads cannot be read by ``build_model``, which infers heads as width // 64)."""
+    from evalsuite.tiny import write_tiny
+    from evalsuite.tiny._common import resolve
+
+    folder = write_tiny(work / "tiny", names=["aesthetic"])["aesthetic"]
+    backbone = folder / resolve("evalsuite.rewards.aesthetic:BACKBONE_DIR")
+    shutil.rmtree(backbone)
+    widths = resolve("evalsuite.rewards.aesthetic:MLP_WIDTHS")
+    clip_folder, openai_file, described = _small_openai_clip(work, "aesthetic-clip", widths[0])
+    shutil.copytree(clip_folder, backbone)
+    mlp = folder / resolve("evalsuite.rewards.aesthetic:CHECKPOINT")
+    return Prepared({"model": str(folder)}, {"checkpoint": str(openai_file), "mlp": str(mlp)},
+                    f"{described} + tiny random MLP (official widths), official "
+                    "`sac+logos+ava1-l14-linearMSE.pth` state dict + OpenAI state dict for `clip.load`")
 
 
 def _prepare_pickscore(work: Path) -> Prepared:
@@ -207,6 +237,12 @@ MODEL_ROWS: dict[str, ModelRow] = {
                  "(its fallback `torch.load` reads the file from where the failed `torch.jit.load` left "
                  "it); weights are fp16-representable, as OpenAI's files and `build_model`'s "
                  "`convert_weights` make them"),
+        ModelRow("aesthetic", "clip", "official_aesthetic.py",
+                 "improved-aesthetic-predictor `simple_inference.py` (GitHub only, 3ade56d): `clip.load`, "
+                 "`encode_image`, numpy `normalized`, `MLP(768).layers`", _prepare_aesthetic,
+                 package="openai-clip", shims="the script is not a package: the side writes its inference "
+                 "lines (`MLP` as an `nn.Module`: the script's `LightningModule` adds only training hooks); "
+                 "`clip.load` as in the `clipscore` row"),
         ModelRow("pickscore", "clip", "official_pickscore.py",
                  "README: `AutoProcessor`/`AutoModel`, `logit_scale.exp() * text_embs @ image_embs.T`",
                  _prepare_pickscore, shims=_V4_LAYOUT, package="transformers==4.36.2"),
