@@ -279,15 +279,23 @@ class ProbeRow:
 PROBE_ROWS: dict[str, ProbeRow] = {
     row.name: row
     for row in (
-        ProbeRow("blip_vqa", "lavis", "LAVIS `blip_vqa` (`salesforce-lavis`)", ("lavis.models",),
+        ProbeRow("blip_vqa", "lavis", "LAVIS `blip_vqa` (probed; T2I-CompBench's `BLIPvqa_eval` runs its own "
+                 "BLIP copy with `vqa_prob`, see the notes)", ("lavis.models",),
                  {"salesforce-lavis": "lavis", "transformers": "transformers", "torch": "torch",
                   "numpy": "numpy"},
                  "installs and imports with `numpy<2` (its `opencv-python-headless==4.5.5.64` is built "
                  "for numpy 1; without the pin `import lavis.models` fails with `ImportError: "
-                 "numpy.core.multiarray failed to import`); not measured: T2I-CompBench's `BLIPvqa_eval` "
-                 "does not run LAVIS but its own vendored BLIP with an added `vqa_prob` (one decoder step, "
-                 "P(yes)/(P(yes)+P(no))), which LAVIS's `BlipVQA` lacks (it has `rank` and `generate` "
-                 "inference only), and the checkpoint formats differ (LAVIS `.pth` keys vs the HF "
-                 "`BlipForQuestionAnswering` we load). Covered by `tests/test_blip_vqa.py`'s reference"),
+                 "numpy.core.multiarray failed to import`). Not measured, because T2I-CompBench does not "
+                 "run LAVIS: `BLIPvqa_eval/` vendors salesforce/BLIP's `models/` (`blip.py`, `med.py`, "
+                 "`vit.py`: the BLIP GitHub repository, not LAVIS), and its `models/blip_vqa.py` adds to "
+                 "`BLIP_VQA.forward` an `inference='vqa_prob'` branch (probabilities formatted "
+                 "`'{:.4f}'`) and the method `vqa_prob`: the decoder fed the hard-coded [DEC] id 30522 "
+                 "once, softmax over the vocabulary at that position, `P(2748 'yes') / (P(2748) + "
+                 "P(2053 'no'))`; `BLIP_vqa.py` runs it with `configs/vqa.yaml`. LAVIS 1.0.2's `BlipVQA` "
+                 "(`lavis/models/blip_models/blip_vqa.py`) has only `rank` and `generate` in "
+                 "`predict_answers`. Neither T2I-CompBench nor salesforce/BLIP is on PyPI, so the modified "
+                 "file cannot be installed in a side venv offline (CI), and its hard-coded ids need the "
+                 "real `bert-base-uncased` vocabulary (hub only). Covered by `tests/test_blip_vqa.py`'s "
+                 "reference (the `vqa_prob` lines over HF `BlipForQuestionAnswering`)"),
     )
 }
