@@ -13,11 +13,12 @@ from pathlib import Path
 
 from evalsuite.parity.envs import ENVS
 from evalsuite.parity.models import MODEL_ROWS, PROBE_ROWS
+from evalsuite.parity.reasons import REASON_ROWS
 from evalsuite.parity.rules import RULE_ROWS, repo_root, run_rule_row
-from evalsuite.parity.runner import RowResult, model_rows, run_model_row, run_probe_row
+from evalsuite.parity.runner import RowResult, model_rows, run_model_row, run_probe_row, run_reason_row
 from evalsuite.parity.table import load_results, render, save_results
 
-ORDER = [*MODEL_ROWS, *PROBE_ROWS, *RULE_ROWS]
+ORDER = [*MODEL_ROWS, *PROBE_ROWS, *RULE_ROWS, *REASON_ROWS]
 
 
 def command_for(name: str) -> str:
@@ -46,7 +47,8 @@ def run_rule(name: str) -> RowResult:
 def write_page(docs: Path, results: dict) -> None:
     shims = {name: row.shims for name, row in MODEL_ROWS.items()}
     envs = {name: env.requirements for name, env in ENVS.items()}
-    (docs / "parity.md").write_text(render(results, ORDER, shims, envs), encoding="utf-8")
+    ci_rows = tuple(row.name for row in model_rows(None, full=False))  # what tests/test_parity.py reruns
+    (docs / "parity.md").write_text(render(results, ORDER, shims, envs, ci_rows), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed = []
     todo = [*(row.name for row in model_rows(names, args.full)),
-            *(n for n in [*PROBE_ROWS, *RULE_ROWS] if names is None or n in names)]
+            *(n for n in [*PROBE_ROWS, *RULE_ROWS, *REASON_ROWS] if names is None or n in names)]
     for name in todo:
         print(f"parity: {name} ...", file=sys.stderr, flush=True)
         if name in RULE_ROWS:
             result = run_rule(name)
         elif name in PROBE_ROWS:
             result = run_probe_row(PROBE_ROWS[name], command_for(name))
+        elif name in REASON_ROWS:
+            result = run_reason_row(REASON_ROWS[name], command_for(name))
         else:
             result = run_model_row(MODEL_ROWS[name], command_for(name))
         results[name] = result.to_json()

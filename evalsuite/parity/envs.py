@@ -6,23 +6,29 @@ venv's own, so torch, numpy, PIL, ... are reused (no reinstall) and only the pin
 side venv, shadowing ours. The side script prints the versions it really imported; the table records them.
 
 Venvs are cached under ``~/.cache/evalsuite/parity/<name>`` (``EVALSUITE_PARITY_CACHE`` moves it) and
-rebuilt when their spec changes (a stamp file holds the spec).
+rebuilt when their spec changes (a stamp file holds the spec). Building takes an exclusive lock on
+``<name>.lock`` beside the venv, so two processes asking for the same venv at once (two test workers, CI and
+a developer) build it once: the second waits, then finds the stamp and reuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENVS", "SideEnv", "SideEnvError", "cache_root", "run_side"]
+__all__ = ["ENVS", "SideEnv", "SideEnvError", "build_lock", "cache_root", "dry_run", "run_side"]
 
 SIDE_SCRIPTS = Path(__file__).resolve().parent / "side"
 
@@ -84,14 +90,49 @@ def _pip(venv: Path, args: list[str], log: Path, timeout: float) -> None:
         raise SideEnvError(f"pip install {' '.join(args)} failed: " + " | ".join(tail))
 
 
+@contextlib.contextmanager
+def build_lock(name: str, timeout: float) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<cache>/<name>.lock`` (released when the holder exits, even killed), so
+    one process builds a venv while the others wait for it."""
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with (cache_root() / f"{name}.lock").open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SideEnvError(f"side venv {name!r}: another process held its build lock for "
+                                       f"{timeout:.0f} s") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_current(venv: Path, spec: dict[str, Any]) -> bool:
+    stamp = venv / "evalsuite-parity.json"
+    return (stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == spec
+            and _python(venv).exists())
+
+
 def build(env: SideEnv, *, timeout: float = 1200.0) -> tuple[Path, float]:
     """The venv for ``env`` (built now, or reused when its stamp matches); returns it and the build seconds
-    (0.0 when reused)."""
+    (0.0 when reused). Concurrent callers build it once (``build_lock``)."""
     venv = cache_root() / env.name
-    stamp = venv / "evalsuite-parity.json"
     spec = env.spec()
-    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == spec and _python(venv).exists():
+    if _is_current(venv, spec):
         return venv, 0.0
+    with build_lock(env.name, timeout):
+        if _is_current(venv, spec):  # built by the process we waited for
+            return venv, 0.0
+        return venv, _build(env, venv, spec, timeout)
+
+
+def _build(env: SideEnv, venv: Path, spec: dict[str, Any], timeout: float) -> float:
+    stamp = venv / "evalsuite-parity.json"
     start = time.monotonic()
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +149,28 @@ def build(env: SideEnv, *, timeout: float = 1200.0) -> tuple[Path, float]:
     _pip(venv, list(env.build_tools), log, timeout)
     _pip(venv, ["--no-build-isolation", *env.requirements], log, timeout)
     stamp.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    return venv, time.monotonic() - start
+    return time.monotonic() - start
+
+
+def dry_run(requirements: tuple[str, ...], *, timeout: float = 600.0) -> tuple[bool, str]:
+    """``pip install --dry-run --ignore-installed`` of ``requirements`` for this interpreter (installs
+    nothing): ``(resolves, what pip said)``: the packages it would install, or its error."""
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+           "--disable-pip-version-check", *requirements]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return False, f"`pip install --dry-run` did not finish in {timeout:.0f} s"
+    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()
+             if ln.strip() and "is ignored: it is neither" not in ln]
+    would = next((ln for ln in lines if ln.startswith("Would install")), None)
+    if proc.returncode == 0 and would:
+        packages = would.split()[2:]
+        asked = {re.split(r"[<>=!~\[ ]", r)[0].lower().replace("_", "-") for r in requirements}
+        named = [p for p in packages if p.rsplit("-", 1)[0].lower().replace("_", "-") in asked]
+        return True, f"would install {len(packages)} packages, among them {' '.join(named)}"
+    errors = [ln for ln in lines if re.match(r"(ERROR\b|error\b|\w+Error: )", ln)] or lines[-3:]
+    return False, " | ".join(errors[-3:])
 
 
 def run_side(env: SideEnv, script: str, request: dict[str, Any], work: Path, *,

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from evalsuite.parity.legacy import clip_folder_v4, qwen2_vl_folder_v4
+
 __all__ = ["MODEL_ROWS", "PROBE_ROWS", "PROMPTS", "ModelRow", "Prepared", "ProbeRow", "write_images"]
 
 # Varied on purpose: short, long (ImageReward truncates at 35 tokens), punctuation, digits, casing.
@@ -114,32 +116,61 @@ _SMALL_CLIP = {
 }
 
 
-def _prepare_clipscore(work: Path) -> Prepared:
-    """One small random CLIP written twice: an OpenAI state dict for ``clip.load(path)`` and open_clip's
-    ``local-dir`` folder for our CLIPScore (same tensors, same key names)."""
+def _small_openai_clip(work: Path, name: str, embed_dim: int) -> tuple[Path, Path, str]:
+    """One small random CLIP written twice: an OpenAI state dict for ``clip.load(path)`` (``work/<name>
+    -openai.pt``) and open_clip's ``local-dir`` folder for our rewards (``work/<name>``; same tensors, same
+    key names). Returns both paths and a description."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     from evalsuite.tiny._common import resolve, seeded
 
-    with seeded(0, "parity", "clip"):
-        model = open_clip.CLIP(**_SMALL_CLIP)
+    model_cfg = {**_SMALL_CLIP, "embed_dim": embed_dim}
+    with seeded(0, "parity", name):
+        model = open_clip.CLIP(**model_cfg)
     # OpenAI ships fp16 weights and ``build_model`` rounds every matmul weight to fp16 (``convert_weights``):
     # fp16-representable values make the two files hold what the official loader keeps.
     state = {k: (v.half().float() if v.is_floating_point() else v).detach().contiguous().clone()
              for k, v in model.state_dict().items()}
-    folder = work / "clip"
+    folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / resolve("evalsuite.rewards.clip_models:WEIGHTS_FILE")))
     pre = open_clip.get_pretrained_cfg("ViT-B-32", "openai")
-    config = {"model_cfg": _SMALL_CLIP,
+    config = {"model_cfg": model_cfg,
               "preprocess_cfg": {k: pre[k] for k in ("mean", "std", "interpolation", "resize_mode")}}
     (folder / resolve("evalsuite.rewards.clip_models:CONFIG_FILE")).write_text(json.dumps(config, indent=2))
-    torch.save(state, work / "clip-openai.pt")
-    return Prepared({"model": str(folder)}, {"checkpoint": str(work / "clip-openai.pt")},
-                    f"small random ({_count_params(state) / 1e6:.0f} M parameters, ViT 64 px/16, 2+2 layers, "
-                    "width 128), OpenAI state dict for `clip.load` + open_clip folder")
+    openai_file = work / f"{name}-openai.pt"
+    torch.save(state, openai_file)
+    n = _count_params(state) / 1e6
+    return folder, openai_file, (f"small random CLIP ({n:.0f} M parameters, ViT 64 px/16, 2+2 layers, "
+                                 f"width 128, embedding {embed_dim})")
+
+
+def _prepare_clipscore(work: Path) -> Prepared:
+    """The small CLIP: OpenAI state dict for the official side, open_clip folder for our CLIPScore."""
+    folder, openai_file, described = _small_openai_clip(work, "clip", _SMALL_CLIP["embed_dim"])
+    return Prepared({"model": str(folder)}, {"checkpoint": str(openai_file)},
+                    f"{described}, OpenAI state dict for `clip.load` + open_clip folder")
+
+
+def _prepare_aesthetic(work: Path) -> Prepared:
+    """The tiny aesthetic MLP (`evalsuite tiny` aesthetic: official ``sac+logos+ava1-l14-linearMSE.pth``
+    layout, 768 -> ... -> 1) over the small CLIP projecting to 768 (its ``clip/`` backbone replaced: the tiny
+    one's 16-wide heads cannot be read by ``build_model``, which infers heads as width // 64)."""
+    from evalsuite.tiny import write_tiny
+    from evalsuite.tiny._common import resolve
+
+    folder = write_tiny(work / "tiny", names=["aesthetic"])["aesthetic"]
+    backbone = folder / resolve("evalsuite.rewards.aesthetic:BACKBONE_DIR")
+    shutil.rmtree(backbone)
+    widths = resolve("evalsuite.rewards.aesthetic:MLP_WIDTHS")
+    clip_folder, openai_file, described = _small_openai_clip(work, "aesthetic-clip", widths[0])
+    shutil.copytree(clip_folder, backbone)
+    mlp = folder / resolve("evalsuite.rewards.aesthetic:CHECKPOINT")
+    return Prepared({"model": str(folder)}, {"checkpoint": str(openai_file), "mlp": str(mlp)},
+                    f"{described} + tiny random MLP (official widths), official "
+                    "`sac+logos+ava1-l14-linearMSE.pth` state dict + OpenAI state dict for `clip.load`")
 
 
 def _prepare_pickscore(work: Path) -> Prepared:
@@ -147,16 +178,8 @@ def _prepare_pickscore(work: Path) -> Prepared:
     from evalsuite.tiny import write_tiny
 
     folder = write_tiny(work / "tiny", names=["clip"])["clip"]
-    # The hub's PickScore/laion folders are in the pre-v5 layout the official side reads: the image
-    # processor's settings in preprocessor_config.json (transformers 5 nests them in processor_config.json).
-    side = work / "pickscore-v4-layout"
-    shutil.copytree(folder, side)
-    nested = json.loads((side / "processor_config.json").read_text(encoding="utf-8"))
-    (side / "preprocessor_config.json").write_text(json.dumps(nested["image_processor"], indent=2))
-    # tokenizers < 0.20 reads BPE merges as "a b" strings, newer ones write [a, b] pairs: same tokenizer.
-    tok = json.loads((side / "tokenizer.json").read_text(encoding="utf-8"))
-    tok["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    (side / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    # The hub's PickScore/laion folders are in the pre-v5 layout the official side reads.
+    side = clip_folder_v4(folder, work / "pickscore-v4-layout")
     return Prepared({"model": str(folder)}, {"model": str(side)},
                     "tiny random `CLIPModel` folder (`evalsuite tiny` clip), transformers format")
 
@@ -174,6 +197,24 @@ def _prepare_hpsv2(work: Path) -> Prepared:
                     {"checkpoint": str(folder / "HPS_v2.1_compressed.pt"), "arch_config": str(cfg),
                      "bpe": str(bpe)},
                     "tiny random, official `HPS_v2.1_compressed.pt` (`{'state_dict': ...}`)")
+
+
+def _prepare_hpsv3(work: Path) -> Prepared:
+    """The tiny HPSv3 (`evalsuite tiny` hpsv3: ``HPSv3.safetensors`` already under the 4.45 key names) and
+    its tiny Qwen2-VL base, copied in the layout transformers 4.45 reads for the official side."""
+    from safetensors.torch import load_file
+
+    from evalsuite.tiny import write_tiny
+
+    folder = write_tiny(work / "tiny", names=["hpsv3"])["hpsv3"]
+    checkpoint = folder / "checkpoint" / "HPSv3.safetensors"
+    side_base = qwen2_vl_folder_v4(folder / "base", work / "qwen2-vl-v4-layout")
+    n = _count_params(load_file(str(checkpoint)))
+    return Prepared({"model": str(folder / "checkpoint"), "base_model": str(folder / "base")},
+                    {"checkpoint": str(checkpoint), "base": str(side_base)},
+                    f"tiny random Qwen2-VL ({n / 1e3:.0f} k parameters, real patch geometry and pixel "
+                    "budget) + ranknet head, official `HPSv3.safetensors` (strict load) + base folder in "
+                    "the 4.45 layout")
 
 
 _V4_LAYOUT = ("the side reads a copy of the folder in the pre-v5 layout the hub's PickScore/laion folders "
@@ -196,6 +237,12 @@ MODEL_ROWS: dict[str, ModelRow] = {
                  "(its fallback `torch.load` reads the file from where the failed `torch.jit.load` left "
                  "it); weights are fp16-representable, as OpenAI's files and `build_model`'s "
                  "`convert_weights` make them"),
+        ModelRow("aesthetic", "clip", "official_aesthetic.py",
+                 "improved-aesthetic-predictor `simple_inference.py` (GitHub only, 3ade56d): `clip.load`, "
+                 "`encode_image`, numpy `normalized`, `MLP(768).layers`", _prepare_aesthetic,
+                 package="openai-clip", shims="the script is not a package: the side writes its inference "
+                 "lines (`MLP` as an `nn.Module`: the script's `LightningModule` adds only training hooks); "
+                 "`clip.load` as in the `clipscore` row"),
         ModelRow("pickscore", "clip", "official_pickscore.py",
                  "README: `AutoProcessor`/`AutoModel`, `logit_scale.exp() * text_embs @ image_embs.T`",
                  _prepare_pickscore, shims=_V4_LAYOUT, package="transformers==4.36.2"),
@@ -203,6 +250,15 @@ MODEL_ROWS: dict[str, ModelRow] = {
                  "`initialize_model` builds it (vendored open_clip, tiny architecture)", _prepare_hpsv2,
                  shims="the 1.2.0 wheel lacks `bpe_simple_vocab_16e6.txt.gz`; the side copies open_clip's "
                  "(the same file) into it before importing `hpsv2`"),
+        ModelRow("hpsv3", "hpsv3", "official_hpsv3.py", "`HPSv3RewardInferencer(config, checkpoint)` + "
+                 "`.reward(paths, prompts)[:, 0]` (`hpsv3/inference.py`, config `HPSv3_7B.yaml`)",
+                 _prepare_hpsv3,
+                 shims="the side's config is the official `HPSv3_7B.yaml` with `model_name_or_path` = the "
+                 "tiny base folder and float32 (`bf16: False`, `torch_dtype: float32`; the release runs "
+                 "bfloat16); the base folder is the tiny Qwen2-VL rewritten in the transformers-4.45 layout "
+                 "(flat `config.json` with `rope_scaling: {type: mrope}`, `preprocessor_config.json` with "
+                 "`min/max_pixels`, `chat_template.json`, BPE merges as strings) by "
+                 "`evalsuite.parity.legacy.qwen2_vl_folder_v4`"),
     )
 }
 
@@ -223,24 +279,23 @@ class ProbeRow:
 PROBE_ROWS: dict[str, ProbeRow] = {
     row.name: row
     for row in (
-        ProbeRow("hpsv3", "hpsv3", "`HPSv3RewardInferencer` (`hpsv3/inference.py`)", ("hpsv3",),
-                 {"hpsv3": "hpsv3", "transformers": "transformers", "torch": "torch"},
-                 "installs and imports; not measured yet: our tiny Qwen2-VL is written by transformers 5 "
-                 "(nested `text_config`, `rope_parameters`, nested processor config), which transformers "
-                 "4.45 would read as the 7B defaults, and the official architecture is Qwen2-VL-7B "
-                 "(full-size random is ~8 B parameters, ~32 GB in float32: beyond this CPU). Missing piece: "
-                 "a tiny writer in the 4.45 layout. Meanwhile `tests/test_reward_hpsv3.py` checks a "
-                 "reference written from `inference.py` under the 4.45 semantics, and the official "
-                 "`process_vision_info` pixel for pixel"),
-        ProbeRow("blip_vqa", "lavis", "LAVIS `blip_vqa` (`salesforce-lavis`)", ("lavis.models",),
+        ProbeRow("blip_vqa", "lavis", "LAVIS `blip_vqa` (probed; T2I-CompBench's `BLIPvqa_eval` runs its own "
+                 "BLIP copy with `vqa_prob`, see the notes)", ("lavis.models",),
                  {"salesforce-lavis": "lavis", "transformers": "transformers", "torch": "torch",
                   "numpy": "numpy"},
                  "installs and imports with `numpy<2` (its `opencv-python-headless==4.5.5.64` is built "
                  "for numpy 1; without the pin `import lavis.models` fails with `ImportError: "
-                 "numpy.core.multiarray failed to import`); not measured: T2I-CompBench's `BLIPvqa_eval` "
-                 "does not run LAVIS but its own vendored BLIP with an added `vqa_prob` (one decoder step, "
-                 "P(yes)/(P(yes)+P(no))), which LAVIS's `BlipVQA` lacks (it has `rank` and `generate` "
-                 "inference only), and the checkpoint formats differ (LAVIS `.pth` keys vs the HF "
-                 "`BlipForQuestionAnswering` we load). Covered by `tests/test_blip_vqa.py`'s reference"),
+                 "numpy.core.multiarray failed to import`). Not measured, because T2I-CompBench does not "
+                 "run LAVIS: `BLIPvqa_eval/` vendors salesforce/BLIP's `models/` (`blip.py`, `med.py`, "
+                 "`vit.py`: the BLIP GitHub repository, not LAVIS), and its `models/blip_vqa.py` adds to "
+                 "`BLIP_VQA.forward` an `inference='vqa_prob'` branch (probabilities formatted "
+                 "`'{:.4f}'`) and the method `vqa_prob`: the decoder fed the hard-coded [DEC] id 30522 "
+                 "once, softmax over the vocabulary at that position, `P(2748 'yes') / (P(2748) + "
+                 "P(2053 'no'))`; `BLIP_vqa.py` runs it with `configs/vqa.yaml`. LAVIS 1.0.2's `BlipVQA` "
+                 "(`lavis/models/blip_models/blip_vqa.py`) has only `rank` and `generate` in "
+                 "`predict_answers`. Neither T2I-CompBench nor salesforce/BLIP is on PyPI, so the modified "
+                 "file cannot be installed in a side venv offline (CI), and its hard-coded ids need the "
+                 "real `bert-base-uncased` vocabulary (hub only). Covered by `tests/test_blip_vqa.py`'s "
+                 "reference (the `vqa_prob` lines over HF `BlipForQuestionAnswering`)"),
     )
 }

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalsuite.parity.envs import ENVS, SideEnvError, build, run_side
+from evalsuite.parity.envs import ENVS, SideEnvError, build, dry_run, run_side
 from evalsuite.parity.models import MODEL_ROWS, PROMPTS, ModelRow, ProbeRow, write_images
+from evalsuite.parity.reasons import ReasonRow
 
-__all__ = ["TOLERANCE", "RowResult", "compare", "run_model_row", "run_probe_row"]
+__all__ = ["TOLERANCE", "RowResult", "compare", "run_model_row", "run_probe_row", "run_reason_row"]
 
 TOLERANCE = 1e-5
 
@@ -126,6 +127,19 @@ def run_probe_row(row: ProbeRow, command: str) -> RowResult:
             result.versions, result.error = side["versions"], row.reason
         except (SideEnvError, OSError) as e:
             result.error = str(e)
+    result.seconds = round(time.monotonic() - start, 1)
+    return result
+
+
+def run_reason_row(row: ReasonRow, command: str) -> RowResult:
+    """A row that is not measured: its reason, plus pip's own answer for the official pins when it has any."""
+    result = RowResult(row.name, row.official, "not run", command, error=row.reason)
+    start = time.monotonic()
+    if row.dry_run:
+        resolves, said = dry_run(row.dry_run)
+        pins = " ".join(row.dry_run)
+        result.error += (f". `pip install --dry-run {pins}`: " + ("resolves: " if resolves else "fails: ")
+                         + said)
     result.seconds = round(time.monotonic() - start, 1)
     return result
 

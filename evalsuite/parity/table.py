@@ -16,8 +16,11 @@ image files and prompts, scored by the official package in its own side venv (pi
 reported by the side process itself) and by our reward. **Max rel** is
 `max |ours - official| / max |official|` over the images (relative to the scale of the scores, so a score
 near zero cannot turn float32 noise into a large ratio); a row matches at ≤ 1e-5. Rule rows: the
-hand-worked cases of the official rule that pass. `--full` adds the full-size rows (minutes on a CPU); CI
-runs the cheap ones (`pytest -m parity`).
+hand-worked cases of the official rule that pass. Rows marked "not run" give the exact reason (with pip's
+own answer where the official code is a package). `--full` adds the full-size rows (minutes on a CPU).
+
+**CI** (`.ci/run`: `pytest -m parity tests/test_parity.py`) reruns {ci} against the official packages and
+fails if one stops matching; the other rows keep their last result here, with its date.
 
 | Row | Official | Weights | Images | Max abs | Max rel | Status | Date | Reproduce |
 |---|---|---|---|---|---|---|---|---|
@@ -28,8 +31,9 @@ SIDE_VENVS = (
     "`python -m venv` plus a `.pth` line running `site.addsitedir(<our site-packages>)`: torch, numpy, PIL "
     "and the CPU torchvision shim come from our venv, only the pins below live in the side venv and shadow "
     "ours. Build times measured 2026-12-07 on the shared 2-core CPU (pip from PyPI): `image-reward` 34 s, "
-    "`clip` 77 s, `hpsv2` 52 s, `hpsv3` 240 s, `lavis` 130–220 s; CI's cheap rows need `clip` and `hpsv2` "
-    "(~2.2 min once, then cached) and run in ~1.5 min."
+    "`clip` 77 s, `hpsv2` 52 s, `hpsv3` 240 s, `lavis` 130–220 s; CI's rows need `clip`, `hpsv2` and "
+    "`hpsv3` (~6 min once, then cached). Two processes asking for the same venv at once build it once "
+    "(an exclusive lock on `<name>.lock` beside it; the second waits and reuses it)."
 )
 
 
@@ -58,10 +62,11 @@ def _status(row: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, dict[str, Any]], order: list[str], shims: dict[str, str],
-           envs: dict[str, tuple[str, ...]]) -> str:
+           envs: dict[str, tuple[str, ...]], ci_rows: tuple[str, ...] = ()) -> str:
     """The markdown page: the table, then per row its versions, shims, notes and errors, then the pins."""
     rows = [results[name] for name in order if name in results]
-    lines = [HEADER.rstrip("\n")]
+    ci = ", ".join(f"`{name}`" for name in ci_rows) or "no row"
+    lines = [HEADER.replace("{ci}", ci).rstrip("\n")]
     for row in rows:
         images = str(row["n_images"]) if row.get("n_images") else "–"
         lines.append(

@@ -7,17 +7,13 @@ from typing import Any
 
 import clip
 import torch
+from _clip_load import load
 from _protocol import serve, versions
 from PIL import Image
 
 
 def score(request: dict[str, Any]) -> dict[str, Any]:
-    # What ``clip.load(path, device="cpu", jit=False)`` does for a state-dict file. Called directly: under
-    # torch >= 2.6 ``clip.load`` first tries ``torch.jit.load`` on the open file and its fallback
-    # ``torch.load`` then reads from the end of it (EOFError); OpenAI's own files are TorchScript archives.
-    state_dict = torch.load(request["checkpoint"], map_location="cpu", weights_only=True)
-    model = clip.model.build_model(state_dict).float().eval()
-    preprocess = clip.clip._transform(model.visual.input_resolution)
+    model, preprocess = load(request["checkpoint"])
     scores = []
     with torch.no_grad():
         for prompt, path in zip(request["prompts"], request["images"]):
