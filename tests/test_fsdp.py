@@ -15,12 +15,15 @@ the same shards, so it must match bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +85,19 @@ def fsdp_config(tmp_path: Path) -> Path:
     return path
 
 
-def launch(
-    tmp_path: Path, module: str, *args: str, machines: int = 1, path: tuple[Path, ...] = (), ddp: bool = False
-) -> None:
+def start(
+    tmp_path: Path,
+    module: str,
+    *args: str,
+    machines: int = 1,
+    path: tuple[Path, ...] = (),
+    ddp: bool = False,
+    env: dict[str, str] | None = None,
+) -> list[subprocess.Popen]:
     """``accelerate launch --config_file fsdp.yaml -m MODULE ARGS`` on 2 processes: one machine with two,
     or two "machines" on 127.0.0.1 with one each (``--machine_rank 0/1``, started together); ``ddp``: the
-    same two processes under DDP (``--multi_gpu`` starts ranked CPU processes)."""
+    same two processes under DDP (``--multi_gpu`` starts ranked CPU processes). Each launcher leads its
+    own process group; stderr goes to ``launch.<pid>.err`` in ``tmp_path``."""
     base = [str(ACCELERATE), "launch", "--config_file", str(fsdp_config(tmp_path))]
     if ddp:
         base = [str(ACCELERATE), "launch", *DDP_ARGS.split()]
@@ -115,14 +125,58 @@ def launch(
             for rank in range(machines)
         ]
     pythonpath = os.pathsep.join(str(p) for p in (*path, REPO))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    procs = [
-        subprocess.Popen(c, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for c in commands
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
+    full_env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    procs = []
+    for command in commands:
+        log = {"dir": tmp_path, "prefix": "launch.", "suffix": ".err", "delete": False}
+        with tempfile.NamedTemporaryFile("w", **log) as err:
+            proc = subprocess.Popen(
+                command,
+                env={**full_env, **(env or {})},
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        proc.err_path = err.name  # type: ignore[attr-defined]
+        procs.append(proc)
+    return procs
+
+
+def launch(tmp_path: Path, module: str, *args: str, **options) -> None:
+    """``start`` and wait: every launch must succeed."""
+    for proc in start(tmp_path, module, *args, **options):
+        proc.wait(timeout=600)
+        assert proc.returncode == 0, Path(proc.err_path).read_text()[-3000:]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux /proc): torchrun starts each rank in a session of its own, so
+    a signal to the launcher's process group does not reach the ranks."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def sigkill_launch(proc: subprocess.Popen) -> None:
+    """SIGKILL the launch as a machine failure would: the launcher's process group and every rank below it,
+    all at once (no clean-up, no exit handlers)."""
+    ranks = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
 
 
 def recipe(config, path: Path) -> Path:
@@ -189,21 +243,29 @@ def test_flow_lora_sharded_equals_one_process_and_resumes_exactly(tiny_dir, tmp_
     assert list((ckpt / "sharded").glob("*.safetensors"))
     assert not list(ckpt.rglob("*.pt")) and not list(ckpt.rglob("*.distcp"))
 
-    # killed after step 1: what a kill leaves is the folder as of checkpoint 1 (checkpoints are atomic);
-    # resumed from there, the run is bit-identical to the uninterrupted one
-    shutil.copytree(tmp_path / "sharded", tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / "final")
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_000002")
-    (tmp_path / "resumed" / "checkpoints" / "latest").write_text("step_000001\n")
-    resume = flow_recipe(tiny_dir, tmp_path / "resumed", save_every=1)
-    launch(tmp_path, "evalsuite.cli", "train", "--config", str(recipe(resume, tmp_path / "resumed.yaml")))
-    resumed = lora_file(tmp_path / "resumed")
-    uninterrupted = lora_file(tmp_path / "sharded")
+    # SIGKILLed during step 2, half-way through writing its sharded checkpoint (tests/fsdp_hold.py holds the
+    # ranks there after their shards are on disk): checkpoint 1 stays the current one, the partial folder is
+    # ignored, and the resumed run is bit-identical to the uninterrupted one
+    config = recipe(flow_recipe(tiny_dir, tmp_path / "killed", save_every=1), tmp_path / "killed.yaml")
+    (held,) = start(tmp_path, "tests.fsdp_hold", "train", "--config", str(config), env={"HOLD_AT_STEP": "2"})
+    partial = tmp_path / "killed" / "checkpoints" / ".step_000002.tmp"
+    deadline = time.time() + 300
+    while held.poll() is None and time.time() < deadline and len(list(partial.glob("held.rank*"))) < 2:
+        time.sleep(0.05)
+    assert held.poll() is None, Path(held.err_path).read_text()[-3000:]
+    sigkill_launch(held)
+    assert list((partial / "sharded").glob("*.safetensors")) and not (partial / "trainer_state.json").exists()
+    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text().strip() == "step_000001"
+    launch(tmp_path, "evalsuite.cli", "train", "--config", str(config))
+    resumed, uninterrupted = lora_file(tmp_path / "killed"), lora_file(tmp_path / "sharded")
+    assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
-    last = metrics(tmp_path / "resumed")[-1]
-    assert {k: v for k, v in last.items() if k != "time/step_s"} == {
-        k: v for k, v in rows[-1].items() if k != "time/step_s"
-    }
+    assert not partial.exists() and (tmp_path / "killed" / "checkpoints" / "step_000002").is_dir()
+    again = metrics(tmp_path / "killed")
+    assert [r["step"] for r in again] == ["1", "2"]  # the killed run's step-2 row was cut back and redone
+    assert [{k: v for k, v in r.items() if k != "time/step_s"} for r in again] == [
+        {k: v for k, v in r.items() if k != "time/step_s"} for r in rows
+    ]
 
     # the export loads where a single-process LoRA loads (diffusers' load_lora_weights, i.e. --lora)
     from diffusers import DiffusionPipeline
