@@ -331,12 +331,31 @@ def test_flow_full_finetune_on_two_machines_equals_one_process(tiny_dir, tmp_pat
     assert len(scores) == 8 and np.isfinite(scores).all()
 
 
+def test_a_ranks_share_of_the_rewriter_samples_is_one_process_rows(tiny):  # noqa: F811
+    """``rows_of``: two ranks' shares of a step's batch, sampled apart, are the rows one process samples."""
+    from evalsuite.harness.config import PolicyConfig
+    from evalsuite.harness.rewriter import build_policy
+
+    policy = build_policy(PolicyConfig(model=str(tiny["qwen2-lm"]), max_new_tokens=12), seed=0)
+    prompts = ["a red cat", "two dogs", "a blue car", "a green apple"]
+    whole = policy.sample(prompts, 2, seed=5)
+    halves = [policy.sample(prompts[2 * r : 2 * r + 2], 2, seed=5, rows_of=(4 * r, 8)) for r in (0, 1)]
+    assert halves[0].texts + halves[1].texts == whole.texts
+    assert len(set(whole.texts)) > 4  # the draws differ between rows: the comparison means something
+    unshared = policy.sample(prompts[2:], 2, seed=5)  # what rank 1 drew before: its own stream
+    assert unshared.texts != whole.texts[4:]
+    with pytest.raises(ValueError, match="do not fit"):
+        policy.sample(prompts[2:], 2, seed=5, rows_of=(6, 8))
+
+
 @pytest.mark.parametrize("full_finetune", [False, True])
-def test_rewriter_sharded_equals_unsharded(tiny, sft_adapter, tmp_path, full_finetune):  # noqa: F811
-    """LoRA, and full fine-tuning with RePrompt's KL (β 0.04) to a frozen sharded copy, from the SFT warm
-    start (whose well-formed rewrites differ within a group: a learning signal). The rewriter's sampler
-    draws each rank's completions from one generator, so its samples depend on the number of processes:
-    the run to equal is two unsharded (DDP) processes, which differ from FSDP2 only by the sharding."""
+def test_rewriter_sharded_equals_one_process(tiny, sft_adapter, tmp_path, full_finetune):  # noqa: F811
+    """LoRA with token-mean aggregation, and full fine-tuning with RePrompt's KL (β 0.04) to a frozen
+    sharded copy, from the SFT warm start (whose well-formed rewrites differ within a group: a learning
+    signal). Each rank draws its share of the step's one sampling stream and token means are taken over
+    all ranks' tokens, so the run is one process's."""
+    from evalsuite.harness import train as rewriter_train
+
     torch.set_num_threads(1)
 
     def config(out: Path):
@@ -349,7 +368,9 @@ def test_rewriter_sharded_equals_unsharded(tiny, sft_adapter, tmp_path, full_fin
             grpo__group_size=4,
             grpo__num_inner_epochs=1,
             grpo__minibatches=1,
+            grpo__micro_batch_size=4,  # a rank's rows: kl, ratio_mean are token means per micro-batch
             grpo__beta=0.04,
+            grpo__aggregation="sequence_mean" if full_finetune else "token_mean",
             optim__lr=1e-3,
             optim__eps=1e-3,  # see the module docstring
             policy__full_finetune=full_finetune,
@@ -364,16 +385,12 @@ def test_rewriter_sharded_equals_unsharded(tiny, sft_adapter, tmp_path, full_fin
         "--config",
         str(recipe(config(tmp_path / "sharded"), tmp_path / "r.yaml")),
     )
-    launch(
-        tmp_path,
-        "evalsuite.harness.train",
-        "--config",
-        str(recipe(config(tmp_path / "single"), tmp_path / "d.yaml")),
-        ddp=True,
-    )
+    rewriter_train.train(config(tmp_path / "single"))
     rows = metrics(tmp_path / "sharded")
     assert float(rows[0]["groups/zero_std_fraction"]) < 1  # a learning signal: the update is not zero
-    assert_steps_match(rows, metrics(tmp_path / "single"), ["loss", "kl", "reward/mean", "grad_norm"])
+    single = metrics(tmp_path / "single")
+    assert [r["completions/tokens"] for r in rows] == [r["completions/tokens"] for r in single]
+    assert_steps_match(rows, single, ["loss", "kl", "reward/mean", "grad_norm"])
     assert float(rows[-1]["kl"]) > 0 or not full_finetune  # full: a separate frozen copy is the reference
     weights = "final/model/model.safetensors" if full_finetune else "final/adapter/adapter_model.safetensors"
     start = load_file(str(tiny["qwen2-lm"] / "model.safetensors")) if full_finetune else {}
