@@ -274,6 +274,24 @@ def test_flow_lora_sharded_equals_one_process_and_resumes_exactly(tiny_dir, tmp_
     pipe.load_lora_weights(str(tmp_path / "sharded" / "final" / "flow_lora"))
 
 
+def test_flow_lora_on_a_bf16_base_shards_with_fp32_adapters(tiny_dir, tmp_path):
+    """The recipes' default: a bf16 transformer whose LoRA weights are fp32 masters, so one FSDP unit (a
+    block) holds parameters of two dtypes. torch 2.13's FSDP2 takes that on CPU/gloo: one step equals one
+    process and the adapter exports in fp32."""
+    torch.set_num_threads(1)
+    configs = {}
+    for name in ("sharded", "single"):
+        configs[name] = flow_recipe(tiny_dir, tmp_path / name, steps=1)
+        configs[name].flow.dtype = "bfloat16"
+    config = recipe(configs["sharded"], tmp_path / "s.yaml")
+    launch(tmp_path, "evalsuite.cli", "train", "--config", str(config))
+    flow_train.train(configs["single"])
+    assert_steps_match(metrics(tmp_path / "sharded"), metrics(tmp_path / "single"), FLOW_KEYS)
+    sharded, single = lora_file(tmp_path / "sharded"), lora_file(tmp_path / "single")
+    assert {v.dtype for v in sharded.values()} == {torch.float32}
+    assert_weights_match(sharded, single, {})
+
+
 def test_flow_full_finetune_on_two_machines_equals_one_process(tiny_dir, tmp_path):
     """Full fine-tuning with the KL to a frozen sharded copy, on two "machines" (127.0.0.1, one process
     each); the exported pipeline/ then evaluates with ``evalsuite run --model`` on two machines too."""
