@@ -261,6 +261,8 @@ def test_flow_lora_sharded_equals_one_process_and_resumes_exactly(tiny_dir, tmp_
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
     assert not partial.exists() and (tmp_path / "killed" / "checkpoints" / "step_000002").is_dir()
+    hashed = (tmp_path / "killed" / "param_hash.rank0.jsonl").read_text().splitlines()
+    assert [json.loads(h)["step"] for h in hashed] == [1, 2, 2]  # resumed at step 2, not from scratch
     again = metrics(tmp_path / "killed")
     assert [r["step"] for r in again] == ["1", "2"]  # the killed run's step-2 row was cut back and redone
     assert [{k: v for k, v in r.items() if k != "time/step_s"} for r in again] == [
