@@ -48,6 +48,7 @@ from evalsuite.harness.rollout import (
     left_pad,
 )
 from evalsuite.harness.sharding import FinishTogether
+from evalsuite.harness.token_draw import draw_tokens
 from evalsuite.qwen_vl import right_pad
 from evalsuite.reward import resolve_dtype
 
@@ -193,10 +194,13 @@ class RewriterPolicy(CompletionPolicy):
         *,
         greedy: bool = False,
         model: Any = None,
+        rows_of: tuple[int, int] | None = None,
     ) -> Rollout:
         """``num_samples`` completions per prompt (rows grouped by prompt), drawn from softmax(logits/T).
 
         ``seed`` fixes every draw (a private ``torch.Generator``); ``greedy`` or T = 0 takes the argmax.
+        ``rows_of=(first, total)``: a data-parallel rank's rows of a ``total``-row batch drawn from ``seed``
+        (token_draw.py: the same completions for any number of ranks; default: these rows are all).
         ``model`` overrides ``self.model`` (e.g. an unwrapped DDP module). Each drawn token's log-prob is
         taken from the logits it was drawn from (fp32 log-softmax of logits / T) into ``sampler_logp`` and
         ``logp``; ``record_logprobs`` replaces ``logp`` with the train-time forward's values if wanted.
@@ -208,7 +212,7 @@ class RewriterPolicy(CompletionPolicy):
         gen = torch.Generator(device=prompt_ids.device).manual_seed(int(seed))
         with eval_mode(model), lean_lora(model):
             completion, completion_mask, sampler_logp, done = self._decode(
-                model, prompt_ids, prompt_mask, num_samples, gen, greedy or self.temperature == 0
+                model, prompt_ids, prompt_mask, num_samples, gen, greedy or self.temperature == 0, rows_of
             )
         return Rollout(
             expanded,
@@ -229,6 +233,7 @@ class RewriterPolicy(CompletionPolicy):
         num_samples: int,
         gen: torch.Generator,
         greedy: bool,
+        rows_of: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sampling loop: (completion ids, mask, sampler log-probs, done) for left-padded prompts."""
         pos = position_ids(prompt_mask)
@@ -251,7 +256,7 @@ class RewriterPolicy(CompletionPolicy):
                 nxt = logits.argmax(-1)
             else:
                 logits = logits / self.temperature
-                nxt = _draw(torch.softmax(logits, dim=-1), gen)
+                nxt = draw_tokens(torch.softmax(logits, dim=-1), gen, rows_of)
             # completion_logprobs' formula on the logits the token was drawn from (T = 0: unscaled)
             return nxt, gathered_logprobs(logits, nxt, 0.0)
 
@@ -300,15 +305,6 @@ class RewriterPolicy(CompletionPolicy):
         return completion_logprobs(
             model, rollout.input_ids, rollout.attention_mask, rollout.prompt_len, temperature
         )
-
-
-def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One token per row from (N, V) probabilities: invert the float64 CDF at one uniform per row (the
-    distribution of ``torch.multinomial``, at a tenth of its CPU time for 32 × 507; a float32 CDF would
-    round away the mass of tail tokens in a 150k vocabulary). Zero-probability tokens are never drawn."""
-    cdf = probs.double().cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=gen, dtype=torch.float64, device=probs.device)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 # ---------------------------------------------------------------------------------------- building

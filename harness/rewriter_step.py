@@ -60,11 +60,15 @@ def rollout(
     step: int,
     rank: int,
     micro_batch_size: int,
+    world: int = 1,
 ) -> StepBatch:
-    """Sample G rewrites per prompt, parse them, render, score. Malformed rewrites render the original."""
+    """Sample G rewrites per prompt, parse them, render, score. Malformed rewrites render the original.
+    Each of the ``world`` ranks draws its share of the step's one seeded stream (token_draw.py), so the
+    completions do not depend on the number of processes."""
     G = config.grpo.group_size
-    seed = derive_seed(config.seed, f"rollout/{step}", rank)
-    out = policy.sample([r["prompt"] for r in rows], G, seed)  # fills the sampler's own log-probs
+    seed = derive_seed(config.seed, f"rollout/{step}", 0)
+    share = (rank * len(rows) * G, world * len(rows) * G)
+    out = policy.sample([r["prompt"] for r in rows], G, seed, rows_of=share)  # with the sampler's log-probs
     record_rollout_logprobs(policy, out, config, micro_batch_size)
     parsed = policy.parse(out)
     samples = []
@@ -133,7 +137,10 @@ def policy_update(
     for epoch in range(g.num_inner_epochs):
         for m in range(g.minibatches):
             chunks = [slice(s, s + micro) for s in range(m * mb, (m + 1) * mb, micro)]
-            tokens = float(ro.completion_mask[m * mb : (m + 1) * mb].sum())
+            tokens = ro.completion_mask[m * mb : (m + 1) * mb].sum().double()
+            if g.aggregation == "token_mean":  # ranks average gradients: weigh by the ranks' mean count,
+                tokens = accelerator.reduce(tokens, "mean")  # so the update is one process's token mean
+            tokens = float(tokens)
             first = epoch == 0 and m == 0
             for c_i, sl in enumerate(chunks):
                 part = ro.rows(sl)

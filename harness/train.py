@@ -188,6 +188,7 @@ def train(
             step=step,
             rank=rank,
             micro_batch_size=micro,
+            world=world,
         )
 
         # 4. all ranks' components → normalized total → advantages (identical on every rank)

@@ -15,12 +15,15 @@ the same shards, so it must match bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +85,19 @@ def fsdp_config(tmp_path: Path) -> Path:
     return path
 
 
-def launch(
-    tmp_path: Path, module: str, *args: str, machines: int = 1, path: tuple[Path, ...] = (), ddp: bool = False
-) -> None:
+def start(
+    tmp_path: Path,
+    module: str,
+    *args: str,
+    machines: int = 1,
+    path: tuple[Path, ...] = (),
+    ddp: bool = False,
+    env: dict[str, str] | None = None,
+) -> list[subprocess.Popen]:
     """``accelerate launch --config_file fsdp.yaml -m MODULE ARGS`` on 2 processes: one machine with two,
     or two "machines" on 127.0.0.1 with one each (``--machine_rank 0/1``, started together); ``ddp``: the
-    same two processes under DDP (``--multi_gpu`` starts ranked CPU processes)."""
+    same two processes under DDP (``--multi_gpu`` starts ranked CPU processes). Each launcher leads its
+    own process group; stderr goes to ``launch.<pid>.err`` in ``tmp_path``."""
     base = [str(ACCELERATE), "launch", "--config_file", str(fsdp_config(tmp_path))]
     if ddp:
         base = [str(ACCELERATE), "launch", *DDP_ARGS.split()]
@@ -115,14 +125,58 @@ def launch(
             for rank in range(machines)
         ]
     pythonpath = os.pathsep.join(str(p) for p in (*path, REPO))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    procs = [
-        subprocess.Popen(c, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for c in commands
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
+    full_env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    procs = []
+    for command in commands:
+        log = {"dir": tmp_path, "prefix": "launch.", "suffix": ".err", "delete": False}
+        with tempfile.NamedTemporaryFile("w", **log) as err:
+            proc = subprocess.Popen(
+                command,
+                env={**full_env, **(env or {})},
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        proc.err_path = err.name  # type: ignore[attr-defined]
+        procs.append(proc)
+    return procs
+
+
+def launch(tmp_path: Path, module: str, *args: str, **options) -> None:
+    """``start`` and wait: every launch must succeed."""
+    for proc in start(tmp_path, module, *args, **options):
+        proc.wait(timeout=600)
+        assert proc.returncode == 0, Path(proc.err_path).read_text()[-3000:]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux /proc): torchrun starts each rank in a session of its own, so
+    a signal to the launcher's process group does not reach the ranks."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def sigkill_launch(proc: subprocess.Popen) -> None:
+    """SIGKILL the launch as a machine failure would: the launcher's process group and every rank below it,
+    all at once (no clean-up, no exit handlers)."""
+    ranks = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
 
 
 def recipe(config, path: Path) -> Path:
@@ -189,27 +243,55 @@ def test_flow_lora_sharded_equals_one_process_and_resumes_exactly(tiny_dir, tmp_
     assert list((ckpt / "sharded").glob("*.safetensors"))
     assert not list(ckpt.rglob("*.pt")) and not list(ckpt.rglob("*.distcp"))
 
-    # killed after step 1: what a kill leaves is the folder as of checkpoint 1 (checkpoints are atomic);
-    # resumed from there, the run is bit-identical to the uninterrupted one
-    shutil.copytree(tmp_path / "sharded", tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / "final")
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_000002")
-    (tmp_path / "resumed" / "checkpoints" / "latest").write_text("step_000001\n")
-    resume = flow_recipe(tiny_dir, tmp_path / "resumed", save_every=1)
-    launch(tmp_path, "evalsuite.cli", "train", "--config", str(recipe(resume, tmp_path / "resumed.yaml")))
-    resumed = lora_file(tmp_path / "resumed")
-    uninterrupted = lora_file(tmp_path / "sharded")
+    # SIGKILLed during step 2, half-way through writing its sharded checkpoint (tests/fsdp_hold.py holds the
+    # ranks there after their shards are on disk): checkpoint 1 stays the current one, the partial folder is
+    # ignored, and the resumed run is bit-identical to the uninterrupted one
+    config = recipe(flow_recipe(tiny_dir, tmp_path / "killed", save_every=1), tmp_path / "killed.yaml")
+    (held,) = start(tmp_path, "tests.fsdp_hold", "train", "--config", str(config), env={"HOLD_AT_STEP": "2"})
+    partial = tmp_path / "killed" / "checkpoints" / ".step_000002.tmp"
+    deadline = time.time() + 300
+    while held.poll() is None and time.time() < deadline and len(list(partial.glob("held.rank*"))) < 2:
+        time.sleep(0.05)
+    assert held.poll() is None, Path(held.err_path).read_text()[-3000:]
+    sigkill_launch(held)
+    assert list((partial / "sharded").glob("*.safetensors")) and not (partial / "trainer_state.json").exists()
+    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text().strip() == "step_000001"
+    launch(tmp_path, "evalsuite.cli", "train", "--config", str(config))
+    resumed, uninterrupted = lora_file(tmp_path / "killed"), lora_file(tmp_path / "sharded")
+    assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
-    last = metrics(tmp_path / "resumed")[-1]
-    assert {k: v for k, v in last.items() if k != "time/step_s"} == {
-        k: v for k, v in rows[-1].items() if k != "time/step_s"
-    }
+    assert not partial.exists() and (tmp_path / "killed" / "checkpoints" / "step_000002").is_dir()
+    hashed = (tmp_path / "killed" / "param_hash.rank0.jsonl").read_text().splitlines()
+    assert [json.loads(h)["step"] for h in hashed] == [1, 2, 2]  # resumed at step 2, not from scratch
+    again = metrics(tmp_path / "killed")
+    assert [r["step"] for r in again] == ["1", "2"]  # the killed run's step-2 row was cut back and redone
+    assert [{k: v for k, v in r.items() if k != "time/step_s"} for r in again] == [
+        {k: v for k, v in r.items() if k != "time/step_s"} for r in rows
+    ]
 
     # the export loads where a single-process LoRA loads (diffusers' load_lora_weights, i.e. --lora)
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(str(tiny_dir / "flux"))
     pipe.load_lora_weights(str(tmp_path / "sharded" / "final" / "flow_lora"))
+
+
+def test_flow_lora_on_a_bf16_base_shards_with_fp32_adapters(tiny_dir, tmp_path):
+    """The recipes' default: a bf16 transformer whose LoRA weights are fp32 masters, so one FSDP unit (a
+    block) holds parameters of two dtypes. torch 2.13's FSDP2 takes that on CPU/gloo: one step equals one
+    process and the adapter exports in fp32."""
+    torch.set_num_threads(1)
+    configs = {}
+    for name in ("sharded", "single"):
+        configs[name] = flow_recipe(tiny_dir, tmp_path / name, steps=1)
+        configs[name].flow.dtype = "bfloat16"
+    config = recipe(configs["sharded"], tmp_path / "s.yaml")
+    launch(tmp_path, "evalsuite.cli", "train", "--config", str(config))
+    flow_train.train(configs["single"])
+    assert_steps_match(metrics(tmp_path / "sharded"), metrics(tmp_path / "single"), FLOW_KEYS)
+    sharded, single = lora_file(tmp_path / "sharded"), lora_file(tmp_path / "single")
+    assert {v.dtype for v in sharded.values()} == {torch.float32}
+    assert_weights_match(sharded, single, {})
 
 
 def test_flow_full_finetune_on_two_machines_equals_one_process(tiny_dir, tmp_path):
@@ -269,12 +351,31 @@ def test_flow_full_finetune_on_two_machines_equals_one_process(tiny_dir, tmp_pat
     assert len(scores) == 8 and np.isfinite(scores).all()
 
 
+def test_a_ranks_share_of_the_rewriter_samples_is_one_process_rows(tiny):  # noqa: F811
+    """``rows_of``: two ranks' shares of a step's batch, sampled apart, are the rows one process samples."""
+    from evalsuite.harness.config import PolicyConfig
+    from evalsuite.harness.rewriter import build_policy
+
+    policy = build_policy(PolicyConfig(model=str(tiny["qwen2-lm"]), max_new_tokens=12), seed=0)
+    prompts = ["a red cat", "two dogs", "a blue car", "a green apple"]
+    whole = policy.sample(prompts, 2, seed=5)
+    halves = [policy.sample(prompts[2 * r : 2 * r + 2], 2, seed=5, rows_of=(4 * r, 8)) for r in (0, 1)]
+    assert halves[0].texts + halves[1].texts == whole.texts
+    assert len(set(whole.texts)) > 4  # the draws differ between rows: the comparison means something
+    unshared = policy.sample(prompts[2:], 2, seed=5)  # what rank 1 drew before: its own stream
+    assert unshared.texts != whole.texts[4:]
+    with pytest.raises(ValueError, match="do not fit"):
+        policy.sample(prompts[2:], 2, seed=5, rows_of=(6, 8))
+
+
 @pytest.mark.parametrize("full_finetune", [False, True])
-def test_rewriter_sharded_equals_unsharded(tiny, sft_adapter, tmp_path, full_finetune):  # noqa: F811
-    """LoRA, and full fine-tuning with RePrompt's KL (β 0.04) to a frozen sharded copy, from the SFT warm
-    start (whose well-formed rewrites differ within a group: a learning signal). The rewriter's sampler
-    draws each rank's completions from one generator, so its samples depend on the number of processes:
-    the run to equal is two unsharded (DDP) processes, which differ from FSDP2 only by the sharding."""
+def test_rewriter_sharded_equals_one_process(tiny, sft_adapter, tmp_path, full_finetune):  # noqa: F811
+    """LoRA with token-mean aggregation, and full fine-tuning with RePrompt's KL (β 0.04) to a frozen
+    sharded copy, from the SFT warm start (whose well-formed rewrites differ within a group: a learning
+    signal). Each rank draws its share of the step's one sampling stream and token means are taken over
+    all ranks' tokens, so the run is one process's."""
+    from evalsuite.harness import train as rewriter_train
+
     torch.set_num_threads(1)
 
     def config(out: Path):
@@ -287,7 +388,9 @@ def test_rewriter_sharded_equals_unsharded(tiny, sft_adapter, tmp_path, full_fin
             grpo__group_size=4,
             grpo__num_inner_epochs=1,
             grpo__minibatches=1,
+            grpo__micro_batch_size=4,  # a rank's rows: kl, ratio_mean are token means per micro-batch
             grpo__beta=0.04,
+            grpo__aggregation="sequence_mean" if full_finetune else "token_mean",
             optim__lr=1e-3,
             optim__eps=1e-3,  # see the module docstring
             policy__full_finetune=full_finetune,
@@ -302,16 +405,12 @@ def test_rewriter_sharded_equals_unsharded(tiny, sft_adapter, tmp_path, full_fin
         "--config",
         str(recipe(config(tmp_path / "sharded"), tmp_path / "r.yaml")),
     )
-    launch(
-        tmp_path,
-        "evalsuite.harness.train",
-        "--config",
-        str(recipe(config(tmp_path / "single"), tmp_path / "d.yaml")),
-        ddp=True,
-    )
+    rewriter_train.train(config(tmp_path / "single"))
     rows = metrics(tmp_path / "sharded")
     assert float(rows[0]["groups/zero_std_fraction"]) < 1  # a learning signal: the update is not zero
-    assert_steps_match(rows, metrics(tmp_path / "single"), ["loss", "kl", "reward/mean", "grad_norm"])
+    single = metrics(tmp_path / "single")
+    assert [r["completions/tokens"] for r in rows] == [r["completions/tokens"] for r in single]
+    assert_steps_match(rows, single, ["loss", "kl", "reward/mean", "grad_norm"])
     assert float(rows[-1]["kl"]) > 0 or not full_finetune  # full: a separate frozen copy is the reference
     weights = "final/model/model.safetensors" if full_finetune else "final/adapter/adapter_model.safetensors"
     start = load_file(str(tiny["qwen2-lm"] / "model.safetensors")) if full_finetune else {}

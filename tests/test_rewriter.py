@@ -329,7 +329,7 @@ def test_shared_prompt_forward_equals_the_one_pass_forward(trained):
 
 
 def test_draw_follows_the_probabilities_and_never_picks_a_zero():
-    from evalsuite.harness.rewriter import _draw
+    from evalsuite.harness.token_draw import draw_tokens as _draw
 
     gen = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(1, 40, generator=gen) * 2, -1)

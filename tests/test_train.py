@@ -292,7 +292,7 @@ def test_rollout_renders_the_original_prompt_for_malformed_completions(tiny, mon
     monkeypatch.setattr(
         policy,
         "sample",
-        lambda prompts, g, seed: policy.teacher_forced(
+        lambda prompts, g, seed, **_: policy.teacher_forced(
             [p for p in prompts for _ in range(g)], texts * len(prompts)
         ),
     )
