@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from evalsuite.images import MAX_PIXELS
 from evalsuite.textdiff import text_diff
 
 __all__ = ["TASK_FIELDS", "THUMB_SIZE", "cards", "reason_kind", "status_of", "thumbnail"]
@@ -105,7 +106,8 @@ def thumbnail(out: Path, image_rel: str) -> str | None:
     image already no larger than a thumbnail is its own (re-encoding it as JPEG only adds artefacts).
 
     The name hashes the image path, size and mtime, so a regenerated image gets a fresh thumbnail. None
-    when the image cannot be read (the card then links the original and says nothing more).
+    when the image cannot be read or is a decompression bomb (the card then links the original and says
+    nothing more: the sample's own error says why).
     """
     src = out / image_rel
     try:
@@ -118,16 +120,18 @@ def thumbnail(out: Path, image_rel: str) -> str | None:
     if dest.exists():
         return rel
     try:
-        with Image.open(src) as img:
-            if max(img.size) <= THUMB_SIZE:  # reads the header only
+        with Image.open(src) as img:  # reads the header only
+            if max(img.size) <= THUMB_SIZE:
                 return image_rel
+            if img.size[0] * img.size[1] > MAX_PIXELS:  # refused when scored: never decoded here either
+                return None
             img = img.convert("RGB")
             img.thumbnail((THUMB_SIZE, THUMB_SIZE))
             dest.parent.mkdir(exist_ok=True)
             tmp = dest.with_suffix(".tmp")
             img.save(tmp, "JPEG", quality=82)
             tmp.replace(dest)
-    except OSError:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     return rel
 

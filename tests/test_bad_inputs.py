@@ -95,6 +95,8 @@ def test_evaluate_images_dir_with_a_bomb_scores_the_rest(tmp_path):
     err = rows.loc[samples[1].id, "error"]
     assert repr(samples[1].id) in err and str(bomb) in err and pd.isna(rows.loc[samples[1].id, "score"])
     assert rows["error"].isna().sum() == len(samples) - 1
+    page = (tmp_path / "scored" / "report.html").read_text()  # written: the bomb only lacks a thumbnail
+    assert str(samples[1].id) in page
 
 
 def test_remote_reward_reports_a_bomb_file_per_sample(tmp_path):

@@ -8,12 +8,13 @@ import shutil
 
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from evalsuite.report import cards_in, html_report, write_outputs
 from evalsuite.report_samples import cards, reason_kind, status_of, thumbnail
 from evalsuite.textdiff import text_diff
 from tests.browser import external_urls
+from tests.test_bad_inputs import png_with_header_size
 
 
 # -- the OCR diff, worked out by hand ----------------------------------------------------------------------
@@ -145,6 +146,20 @@ def test_images_no_larger_than_a_thumbnail_are_linked_as_they_are(tmp_path):
     rel = thumbnail(tmp_path, "imgs/big.png")
     with Image.open(tmp_path / rel) as thumb:
         assert rel.startswith("thumbs/") and thumb.size == (256, 100) and thumb.format == "JPEG"
+
+
+def test_a_bomb_gets_no_thumbnail_and_is_never_decoded(tmp_path, monkeypatch):
+    def no_decoding(self):
+        raise AssertionError("decoded pixels")
+
+    (tmp_path / "imgs").mkdir()
+    for name, side in (("over_ours.png", 10000), ("over_pils.png", 20000)):  # 100 MP; 400 MP: PIL's error
+        (tmp_path / "imgs" / name).write_bytes(png_with_header_size(side, side))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.warns(Image.DecompressionBombWarning):  # PIL's warning for the 100 MP header
+        assert thumbnail(tmp_path, "imgs/over_ours.png") is None
+    assert thumbnail(tmp_path, "imgs/over_pils.png") is None
+    assert not (tmp_path / "thumbs").exists()
 
 
 def test_thumbnails_are_small_and_written_once(tmp_path):
