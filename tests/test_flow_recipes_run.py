@@ -30,10 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=T
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _reward_kwargs(name: str, tiny: Path) -> dict[str, object]:
