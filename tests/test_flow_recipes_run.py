@@ -98,8 +98,11 @@ def _edits(tmp_path: Path) -> Path:
     return path
 
 
-def _overrides(case: RecipeCase, recipe: dict, tiny: Path, data_dir: Path, out: Path) -> list[str]:
-    """``--set`` items: only what a two-step CPU run on tiny weights must change."""
+def _overrides(
+    case: RecipeCase, recipe: dict, tiny: Path, request: pytest.FixtureRequest, out: Path
+) -> list[str]:
+    """``--set`` items: only what a two-step CPU run on tiny weights must change. Recipes reading an
+    evalsuite data file need ../shared/benchmarks (skipped without it); edit recipes bring their own."""
     flow = recipe["flow"]
     sets: dict[str, object] = {
         "out_dir": str(out),
@@ -131,12 +134,13 @@ def _overrides(case: RecipeCase, recipe: dict, tiny: Path, data_dir: Path, out: 
         ]
     eval_key = (recipe.get("eval_data") or {}).get("key")
     if recipe["data"].get("key"):
+        data_dir = request.getfixturevalue("data_dir")
         sets["data.key"] = _data_key(recipe["data"]["key"], eval_key, data_dir)
         sets["data.data_dir"] = str(data_dir)
     else:
         sets["data.path"] = str(_edits(out.parent))
     if eval_key:
-        sets["eval_data.data_dir"] = str(data_dir)
+        sets["eval_data.data_dir"] = str(request.getfixturevalue("data_dir"))
     return [f"{k}={json.dumps(v)}" for k, v in sets.items()]
 
 
@@ -146,7 +150,7 @@ def _metrics(out: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.recipe.removesuffix(".yaml"))
-def test_the_recipe_runs_two_steps_on_tiny_weights(case, tiny_dir, data_dir, tmp_path, capsys):
+def test_the_recipe_runs_two_steps_on_tiny_weights(case, tiny_dir, request, tmp_path, capsys):
     from evalsuite.cli import main
 
     for package in case.needs:
@@ -154,7 +158,7 @@ def test_the_recipe_runs_two_steps_on_tiny_weights(case, tiny_dir, data_dir, tmp
     path = RECIPES / case.recipe
     recipe = yaml.safe_load(path.read_text())
     out = tmp_path / "run"
-    overrides = _overrides(case, recipe, tiny_dir, data_dir, out)
+    overrides = _overrides(case, recipe, tiny_dir, request, out)
     code = main(["train", "--config", str(path), *(x for o in overrides for x in ("--set", o))])
     assert code == 0, capsys.readouterr().err[-3000:]
 
