@@ -89,8 +89,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     same_name = ("output_dir", "lora", "revision", "images_per_prompt", "limit", "height", "width",
                  "rewriter", "steps", "guidance", "negative_prompt", "seed", "batch_size", "score_batch_size",
                  "data_dir", "device", "dtype", "protocol")
+    pipeline_args = parse_options(args.pipeline_arg, "--pipeline-arg")
     result = run(args.bench, args.model, **{k: getattr(args, k) for k in same_name},
-                 options=parse_options(args.option),
+                 options=parse_options(args.option), pipeline_args=pipeline_args,
                  leaderboard=None if args.no_leaderboard else args.leaderboard)
     if result is not None:
         for key, value in result.summary.items():
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark option, repeatable (e.g. --option mode=strict --option threshold=0.4 for geneval; "
         "a wrong key lists the benchmark's options)",
     )
+    p.add_argument("--pipeline-arg", action="append", metavar="KEY=VALUE", help="extra argument of the "
+                   "pipeline's __call__, repeatable (e.g. cfg_normalization=true, Z-Image); in the manifest")
     p.add_argument("--leaderboard", default="leaderboards", help="leaderboard directory to add this run to")
     p.add_argument("--no-leaderboard", action="store_true")
     p.set_defaults(func=_cmd_run)

@@ -23,7 +23,7 @@ def default_device() -> str:
     return "cpu"
 
 
-def parse_options(items: list[str] | None) -> dict[str, Any]:
+def parse_options(items: list[str] | None, flag: str = "--option") -> dict[str, Any]:
     """``["mode=strict", "threshold=0.4"]`` → typed dict (YAML scalars: numbers, booleans, null)."""
     import yaml
 
@@ -31,7 +31,7 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
 
@@ -54,6 +54,38 @@ def _accepted(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return kwargs
     return {k: v for k, v in kwargs.items() if k in params}
+
+
+# what the generator sets itself (per request, or through its own flags)
+_GENERATOR_OWNED = {"prompt": "", "generator": "", "output_type": "", "image": "", "latents": "",
+                    "num_images_per_prompt": "--images-per-prompt", "height": "--height", "width": "--width",
+                    "num_inference_steps": "--steps", "guidance_scale": "--guidance",
+                    "true_cfg_scale": "--guidance", "negative_prompt": "--negative-prompt"}
+
+
+def _pipeline_call_kwargs(pipeline_args: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Merge ``--pipeline-arg`` into the generator settings' ``call_kwargs``; refuse what the generator sets
+    itself or the protocol pins (a run must not mix two sources for one setting)."""
+    for key in pipeline_args:
+        if key in _GENERATOR_OWNED:
+            hint = f" (use {_GENERATOR_OWNED[key]})" if _GENERATOR_OWNED[key] else ""
+            raise ConfigError(f"--pipeline-arg {key}: evalsuite sets it itself{hint}")
+    pinned = settings.get("call_kwargs") or {}
+    clash = sorted(set(pinned) & set(pipeline_args))
+    if clash:
+        raise ConfigError(f"--pipeline-arg {', '.join(clash)}: pinned by the protocol")
+    settings["call_kwargs"] = {**pinned, **pipeline_args}
+
+
+def _check_pipeline_args(pipeline_args: dict[str, Any], generator: Any) -> None:
+    """Every ``--pipeline-arg`` is an argument of this pipeline's ``__call__`` (else the valid ones)."""
+    takes = inspect.signature(generator.pipeline.__call__).parameters
+    unknown = sorted(set(pipeline_args) - set(takes))
+    if unknown:
+        valid = sorted(k for k in takes if k not in _GENERATOR_OWNED and k not in ("self", "kwargs"))
+        name = type(generator.pipeline).__name__
+        raise ConfigError(f"--pipeline-arg {', '.join(unknown)}: {name} takes no such argument; it takes "
+                          f"{', '.join(valid)}")
 
 
 def _check_follows(protocol: Any, bench: str, generator: Any, benchmark: Any) -> None:
@@ -95,6 +127,7 @@ def run(
     options: dict[str, Any] | None = None,
     leaderboard: str | None = "leaderboards",
     protocol: str | None = None,
+    pipeline_args: dict[str, Any] | None = None,
 ) -> RunResult | None:
     """``evalsuite run``. A ``protocol`` (``evalsuite.protocols``) pins the generation settings; a setting
     given here that contradicts it is an error. ``seed`` defaults to the protocol's base seed, else 0."""
@@ -131,14 +164,18 @@ def run(
             "negative_prompt": negative_prompt}.items() if v is not None}
         if pinned is not None:
             settings = pinned.generator_settings()
+        if pipeline_args:
+            _pipeline_call_kwargs(pipeline_args, settings)
         generator = DiffusersGenerator.from_pretrained(
             model, device=device, dtype=dtype, revision=revision, lora=lora, batch_size=batch_size,
             progress=False, **settings)
         if pinned is not None:
             _check_follows(pinned, bench, generator, benchmark)
-    elif lora is not None or rewriter is not None or pinned is not None:
-        raise ConfigError("--lora, --rewriter and --protocol need a pipeline (--model ID_OR_PIPELINE_DIR), "
-                          "not a folder of images")
+        if pipeline_args:
+            _check_pipeline_args(pipeline_args, generator)
+    elif lora is not None or rewriter is not None or pinned is not None or pipeline_args:
+        raise ConfigError("--lora, --rewriter, --protocol and --pipeline-arg need a pipeline "
+                          "(--model ID_OR_PIPELINE_DIR), not a folder of images")
     prompt_rewriter = None
     if rewriter is not None:
         from evalsuite.registry import load_rewriter
@@ -150,7 +187,8 @@ def run(
         score_batch_size=score_batch_size, data_dir=data_dir, rewriter=prompt_rewriter,
         run_info={"command": {"bench": bench, "model": model, "lora": lora, "rewriter": rewriter,
                               "options": options or {},
-                              "device": device, "dtype": dtype, "protocol": protocol}},
+                              "device": device, "dtype": dtype, "protocol": protocol,
+                              "pipeline_args": pipeline_args or {}}},
         protocol=pinned,
     )
     rank, _ = distributed_rank()

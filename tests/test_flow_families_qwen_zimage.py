@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from .flow_family_tester import check_learns_a_simple_reward
 from .test_flow_families import family_case
@@ -196,3 +198,33 @@ def test_family_options_are_refused_by_families_that_ignore_them(tiny_dir):
         family_case("sd3", tiny_dir).policy(cfg_truncation=0.5)
     with pytest.raises(ConfigError, match="Qwen-Image-Edit option; the flux family does not use it"):
         family_case("flux-kontext", tiny_dir).policy(source_area=64 * 64)
+
+
+def test_pipeline_args_reach_the_zimage_pipeline_and_the_manifest(tiny_dir, data_dir, tmp_path, capsys):
+    """``--pipeline-arg`` passes Z-Image's cfg_normalization / cfg_truncation to the pipeline (the image
+    changes, the manifest records them); an argument the pipeline lacks, or one evalsuite sets itself, is a
+    one-line error naming the alternatives."""
+    from evalsuite.cli import main
+
+    def run(out, *extra):
+        return main(["run", "--bench", "geneval", "--model", str(tiny_dir / "zimage"), "--steps", "2",
+                     "--height", "32", "--width", "32", "--guidance", "4.0", "--data-dir", str(data_dir),
+                     "--no-leaderboard", "--device", "cpu", "--limit", "1", "--images-per-prompt", "1",
+                     "--output-dir", str(tmp_path / out),
+                     "--option", f"detector_model={tiny_dir / 'mask2former'}",
+                     "--option", f"clip_model={tiny_dir / 'open-clip-vit-l-14'}", *extra])
+
+    assert run("plain") == 0
+    assert run("normalized", "--pipeline-arg", "cfg_normalization=true",
+               "--pipeline-arg", "cfg_truncation=0.5") == 0
+    manifest = (tmp_path / "normalized" / "manifest.json").read_text()
+    assert '"cfg_normalization": true' in manifest and '"cfg_truncation": 0.5' in manifest
+    images = [Image.open(tmp_path / d / "00000" / "samples" / "0000.png") for d in ("plain", "normalized")]
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+    capsys.readouterr()
+    assert run("bad", "--pipeline-arg", "cfg_normalisation=true") == 1
+    err = capsys.readouterr().err
+    assert "ZImagePipeline takes no such argument" in err and "cfg_normalization" in err
+    assert run("owned", "--pipeline-arg", "num_inference_steps=3") == 1
+    assert "use --steps" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "results.json").exists()

@@ -201,7 +201,7 @@ def test_a_protocol_needs_a_pipeline_that_can_follow_it(tiny_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (8, 8)).save(images / "0.png")
-    with pytest.raises(ConfigError, match="--protocol need a pipeline"):
+    with pytest.raises(ConfigError, match="--protocol and --pipeline-arg need a pipeline"):
         run("toy", str(images), protocol="flowgrpo-sd3.5m-eval", output_dir=str(tmp_path / "o"))
 
     def no_sigmas(prompt, height, width, num_inference_steps, generator, output_type, max_sequence_length):
@@ -233,3 +233,15 @@ def test_protocols_command_and_docs_list_every_preset(capsys):
         assert f"`{p.name}`" in docs
         for value in (p.num_inference_steps, p.guidance_scale, p.max_sequence_length, p.height):
             assert str(value) in docs
+
+
+def test_a_pipeline_arg_may_not_override_what_the_protocol_pins():
+    from evalsuite.errors import ConfigError
+    from evalsuite.protocols import get_protocol
+    from evalsuite.runner import _pipeline_call_kwargs
+
+    settings = get_protocol("geneval2").generator_settings()
+    with pytest.raises(ConfigError, match="max_sequence_length: pinned by the protocol"):
+        _pipeline_call_kwargs({"max_sequence_length": 512}, settings)
+    _pipeline_call_kwargs({"clip_skip": 1}, settings)  # anything else joins the pinned ones
+    assert settings["call_kwargs"]["clip_skip"] == 1 and settings["call_kwargs"]["max_sequence_length"] == 256
